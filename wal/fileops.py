@@ -1,0 +1,116 @@
+"""The file-operations seam the WAL does all its I/O through.
+
+Production uses `OsFileOps` (plain `os` calls). Tests substitute implementations that
+fail chosen calls (fsync EIO, ENOSPC) or keep an in-memory model of what is durable
+so that crash states can be generated (tests/property/test_wal_crash_model.py).
+Every method is blocking: the WAL calls them from its writer thread, never from the
+event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Protocol
+
+
+class AppendFile(Protocol):
+    """A file opened for appending."""
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write all of `data` at the end of the file."""
+        ...
+
+    def sync(self) -> None:
+        """fdatasync: make everything written so far durable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FileOps(Protocol):
+    def makedirs(self, path: str) -> None: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def exists(self, path: str) -> bool: ...
+    def file_size(self, path: str) -> int: ...
+    def read_bytes(self, path: str) -> bytes: ...
+    def open_read(self, path: str) -> BinaryIO: ...
+    def open_append(self, path: str) -> AppendFile:
+        """Open (creating if needed) for appending. Creation is durable only after fsync_dir."""
+        ...
+
+    def truncate(self, path: str, size_bytes: int) -> None:
+        """Cut the file to `size_bytes` and make the new size durable."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None: ...
+    def unlink(self, path: str) -> None: ...
+    def fsync_dir(self, path: str) -> None: ...
+
+
+class OsAppendFile:
+    __slots__ = ("_fd",)
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class OsFileOps:
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def file_size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def open_read(self, path: str) -> BinaryIO:
+        return open(path, "rb")
+
+    def open_append(self, path: str) -> AppendFile:
+        return OsAppendFile(path)
+
+    def truncate(self, path: str, size_bytes: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+OS_FILE_OPS: FileOps = OsFileOps()
