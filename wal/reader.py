@@ -14,6 +14,7 @@ survive (it takes a CRC32C coincidence), the layout that decodes more of the fir
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,6 +37,7 @@ from .frame import (
     split_topic_payload,
 )
 
+_LEN_CRC = struct.Struct(">II")
 DETECT_FRAMES = 8
 READ_CHUNK_BYTES = 1024 * 1024
 FRAME_BYTES_MAX = LEGACY_HEADER_BYTES + PAYLOAD_BYTES_MAX + 8
@@ -48,15 +50,9 @@ def decode_at(
     available = len(buf) - offset
     if available < 8:
         raise TruncatedFrame(offset, f"{available} bytes left, a frame header needs more")
-    view = memoryview(buf)
-    length, crc = (
-        HEADER.unpack_from(view, offset)[:2]
-        if available >= HEADER_BYTES
-        else (
-            int.from_bytes(view[offset : offset + 4], "big"),
-            int.from_bytes(view[offset + 4 : offset + 8], "big"),
-        )
-    )
+    # No memoryview is kept here: a live export would stop StreamReader from
+    # compacting its bytearray after a TruncatedFrame.
+    length, crc = _LEN_CRC.unpack_from(buf, offset)
     if layout is Layout.CURRENT:
         if length < LEN_AFTER_CRC:
             raise CorruptFrame(offset, f"LEN {length} is below the minimum {LEN_AFTER_CRC}")
@@ -70,14 +66,14 @@ def decode_at(
     if end > len(buf):
         raise TruncatedFrame(offset, f"frame of {end - offset} bytes runs past the end")
     if layout is Layout.CURRENT:
-        _, _, fmt, tenant, ts_ms = HEADER.unpack_from(view, offset)
+        _, _, fmt, tenant, ts_ms = HEADER.unpack_from(buf, offset)
         tenant_or_none: int | None = tenant
     else:
-        _, _, fmt, ts_ms = LEGACY_HEADER.unpack_from(view, offset)
+        _, _, fmt, ts_ms = LEGACY_HEADER.unpack_from(buf, offset)
         tenant_or_none = None
     if fmt not in KNOWN_FMTS:
         raise CorruptFrame(offset, f"unknown FMT {fmt}")
-    data = bytes(view[payload_start:end])
+    data = bytes(buf[payload_start:end])
     if crc32c(data) != crc:
         raise CorruptFrame(offset, "CRC32C mismatch")
     if fmt == FMT_TOPIC:
