@@ -47,7 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -430,9 +430,7 @@ def _fmt_side(r: SideResult) -> str:
     return s
 
 
-async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    parent = os.path.abspath(args.dir or os.getcwd())
-    root = tempfile.mkdtemp(prefix=".w1-wal-append-", dir=parent)
+async def amain(args: argparse.Namespace, root: str) -> dict[str, Any]:
     kind = fs_type(root)
     if kind in ("tmpfs", "ramfs"):
         print(f"warning: {root} is on {kind}; fdatasync costs nothing there", file=sys.stderr)
@@ -471,84 +469,85 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(d)
         fsync_dir(root)
 
-    def wal_round(appends: int, profiler: cProfile.Profile | None = None) -> Coroutine[Any, Any, Any]:
-        return run_wal(
-            fresh_dir(),
-            batches=batches,
-            encoded=encoded,
-            producers=args.producers,
-            total_appends=appends,
-            append_bytes=append_bytes,
-            group_bytes=group_bytes,
-            segment_bytes=segment_bytes,
-            timeout_s=args.round_timeout,
-            profiler=profiler,
-        )
-
-    results: dict[str, Any] = {}
-    try:
-        # Warm-up (not measured): page cache, allocator, and the WAL's real batch size.
-        warm_appends = max(1, min(total_appends, round(16 * MIB / append_bytes)))
-        warm = await wal_round(warm_appends)
-        drop(os.path.join(root, f"r{counter:03d}"))
-        apg = apg_config
-        note = ""
-        warm_apg = warm.mean_group_bytes / append_bytes
-        if warm_apg < 0.9 * apg_config:
-            apg = max(1, round(warm_apg))
-            note = (
-                f"note: the producers cannot fill {args.group_kib} KiB groups "
-                f"(at most {args.producers * append_bytes} B outstanding; WAL batches "
-                f"{warm.mean_group_bytes:.0f} B in the warm-up), so the baseline writes "
-                f"groups of {apg} appends ({apg * append_bytes} B)"
-            )
-            print(note, flush=True)
-        groups, order = build_groups(frames, apg, total_appends)
+    async def wal_round(appends: int, profiler: cProfile.Profile | None = None) -> SideResult:
         d = fresh_dir()
-        run_baseline(d, groups, order[: max(1, len(order) // 4)], records_per_byte)
-        drop(d)
-
-        rounds: list[dict[str, Any]] = []
-        base_rs: list[SideResult] = []
-        wal_rs: list[SideResult] = []
-        for r in range(args.rounds):
-            sides = ("baseline", "wal") if r % 2 == 0 else ("wal", "baseline")
-            pair: dict[str, SideResult] = {}
-            for side in sides:
-                if side == "baseline":
-                    d = fresh_dir()
-                    pair[side] = run_baseline(d, groups, order, records_per_byte)
-                else:
-                    pair[side] = await wal_round(total_appends)
-                    d = os.path.join(root, f"r{counter:03d}")
-                drop(d)
-            b, w = pair["baseline"], pair["wal"]
-            base_rs.append(b)
-            wal_rs.append(w)
-            print(f"round {r + 1}/{args.rounds}: ratio {w.mb_s / b.mb_s:.3f}", flush=True)
-            print("  " + _fmt_side(b), flush=True)
-            print("  " + _fmt_side(w), flush=True)
-            rounds.append(
-                {"baseline": b.summary(), "wal": w.summary(), "ratio": w.mb_s / b.mb_s}
+        try:
+            return await run_wal(
+                d,
+                batches=batches,
+                encoded=encoded,
+                producers=args.producers,
+                total_appends=appends,
+                append_bytes=append_bytes,
+                group_bytes=group_bytes,
+                segment_bytes=segment_bytes,
+                timeout_s=args.round_timeout,
+                profiler=profiler,
             )
+        finally:
+            drop(d)
 
-        profile_text = None
-        if args.profile:
-            prof = cProfile.Profile()
-            pr = await wal_round(total_appends, profiler=prof)
-            drop(os.path.join(root, f"r{counter:03d}"))
-            buf = io.StringIO()
-            stats = pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime")
-            stats.print_stats(25)
-            profile_text = buf.getvalue()
-            print(f"\nprofiled WAL round (not in the figures): {_fmt_side(pr)}")
-            print(profile_text)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    def baseline_round(groups: list[bytes], order: list[int]) -> SideResult:
+        d = fresh_dir()
+        try:
+            return run_baseline(d, groups, order, records_per_byte)
+        finally:
+            drop(d)
+
+    # Warm-up (not measured): page cache, allocator, and the WAL's real batch size.
+    warm_appends = max(1, min(total_appends, round(16 * MIB / append_bytes)))
+    warm = await wal_round(warm_appends)
+    apg = apg_config
+    note = ""
+    warm_apg = warm.mean_group_bytes / append_bytes
+    if warm_apg < 0.9 * apg_config:
+        apg = max(1, round(warm_apg))
+        note = (
+            f"note: the producers cannot fill {args.group_kib} KiB groups "
+            f"(at most {args.producers * append_bytes} B outstanding; WAL batches "
+            f"{warm.mean_group_bytes:.0f} B in the warm-up), so the baseline writes "
+            f"groups of {apg} appends ({apg * append_bytes} B)"
+        )
+        print(note, flush=True)
+    groups, order = build_groups(frames, apg, total_appends)
+    baseline_round(groups, order[: max(1, len(order) // 4)])
+
+    rounds: list[dict[str, Any]] = []
+    base_rs: list[SideResult] = []
+    wal_rs: list[SideResult] = []
+    for r in range(args.rounds):
+        sides = ("baseline", "wal") if r % 2 == 0 else ("wal", "baseline")
+        pair: dict[str, SideResult] = {}
+        for side in sides:
+            if side == "baseline":
+                pair[side] = baseline_round(groups, order)
+            else:
+                pair[side] = await wal_round(total_appends)
+        b, w = pair["baseline"], pair["wal"]
+        base_rs.append(b)
+        wal_rs.append(w)
+        print(f"round {r + 1}/{args.rounds}: ratio {w.mb_s / b.mb_s:.3f}", flush=True)
+        print("  " + _fmt_side(b), flush=True)
+        print("  " + _fmt_side(w), flush=True)
+        rounds.append({"baseline": b.summary(), "wal": w.summary(), "ratio": w.mb_s / b.mb_s})
+
+    profile_text = None
+    if args.profile:
+        prof = cProfile.Profile()
+        pr = await wal_round(total_appends, profiler=prof)
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime")
+        stats.print_stats(25)
+        profile_text = buf.getvalue()
+        print(f"\nprofiled WAL round (not in the figures): {_fmt_side(pr)}")
+        print(profile_text)
 
     base_mb = statistics.median(x.mb_s for x in base_rs)
     wal_mb = statistics.median(x.mb_s for x in wal_rs)
     ratio = wal_mb / base_mb
+    group_label = f"{args.group_kib} KiB"
+    if apg != apg_config:
+        group_label = f"{apg * append_bytes / KIB:.1f} KiB (measured WAL batch)"
     lat = sorted(x for w in wal_rs for x in w.latencies_s)
     p50, p99 = percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
     results = {
@@ -600,7 +599,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(
         f"W1 wal_append: ratio {ratio:.2f} (wal {wal_mb:.1f} MB/s vs baseline {base_mb:.1f} MB/s, "
-        f"{args.group_kib} KiB groups, {args.producers} producers, {k} rec/append) "
+        f"{group_label} groups, {args.producers} producers, {k} rec/append) "
         f"p50 {p50:.1f} ms p99 {p99:.1f} ms"
     )
     return results
@@ -616,8 +615,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("uvloop not importable; using asyncio's default loop", file=sys.stderr)
         else:
             loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        results = runner.run(amain(args))
+    parent = os.path.abspath(args.dir or os.getcwd())
+    root = tempfile.mkdtemp(prefix=".w1-wal-append-", dir=parent)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            results = runner.run(amain(args, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -1,10 +1,16 @@
 """The write-ahead log of one endpoint: group commit, rotation, sealing, retention.
 
-One writer task per WAL. Producers call `append()`, which queues encoded frames and
-returns a future; the writer takes everything queued (up to `batch_bytes_max`),
-writes it and runs one fdatasync in the WAL's own thread, then resolves the futures
-of exactly the appends that fsync covered. While one batch is being synced the next
-one accumulates, so batches grow with load and each costs one fsync.
+Threads: producers call `append()` on the event loop; it queues encoded frames and
+returns a future. One dedicated writer thread per WAL owns the open segment: it takes
+everything queued (up to `batch_bytes_max`), writes it, runs one fdatasync, and posts
+the acknowledgements of exactly the appends that fsync covered back to the loop with
+one `call_soon_threadsafe` per batch. While one batch is being synced the next one
+accumulates, so batches grow with load and each costs one fsync.
+
+Pipelining: after batch N's fdatasync the thread first writes batch N+1 into the page
+cache and only then posts N's acknowledgements, then syncs N+1. The loop's ack work and
+the producers' next appends overlap with the disk instead of leaving it idle. An
+acknowledgement is still only ever posted after the fdatasync covering it returned.
 
 Policies:
 - full: `append()` raises `WalFull` at once when the bytes waiting for fsync would pass
@@ -12,7 +18,7 @@ Policies:
 - failure: any write/fsync/rename error is sticky. The batch in flight and everything
   queued fail with `WalFailed`, later appends raise it, the fsync is never retried
   (a retried fsync can report success for data the kernel already dropped). Reopen
-  (restart) to recover.
+  (restart) to recover. See docs/adr/0004.
 - rotation: after a batch, the open segment is sealed when it has reached
   `segment_bytes` or its first record is `segment_max_age_s` old. Seal = the data is
   already fsynced, close, rename `.wal.open` → `.wal`, create the next open file,
@@ -26,11 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -44,6 +49,7 @@ from .segment import SealedSegment, open_name, sealed_name
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+IDLE_WAIT_S_MAX = 1.0  # the writer re-checks its state at least this often when idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,18 @@ class _Pending:
         self.future = future
 
 
+class _Batch:
+    """Appends written together; `seq`/`offset` say where (set by the writer thread)."""
+
+    __slots__ = ("items", "nbytes", "offset", "seq")
+
+    def __init__(self, items: list[_Pending], nbytes: int, seq: int, offset: int) -> None:
+        self.items = items
+        self.nbytes = nbytes
+        self.seq = seq
+        self.offset = offset
+
+
 class WriteAheadLog:
     """Open with `await WriteAheadLog.open(...)`; close with `await wal.close()`."""
 
@@ -96,32 +114,41 @@ class WriteAheadLog:
         settings: WalSettings,
         clock: Clock,
         fileops: FileOps,
-        executor: ThreadPoolExecutor,
+        loop: asyncio.AbstractEventLoop,
         on_sealed: Callable[[SealedSegment], None] | None,
     ) -> None:
         self.directory = directory
         self.epoch = state.epoch
         self.recovery: RecoveryReport = state.report
-        self._settings = settings
-        self._next_settings = settings
         self._clock = clock
         self._fileops = fileops
-        self._executor = executor
+        self._loop = loop
         self._on_sealed = on_sealed
+        # Event-loop side.
+        self._limits = settings  # pending_bytes_max / retry_after_s for append()
         self._sealed: dict[int, SealedSegment] = {s.seq: s for s in state.sealed}
         self._sealed_bytes = sum(s.size_bytes for s in state.sealed)
+        self._pending_bytes = 0  # queued + in flight, not yet acknowledged
+        self._done: asyncio.Future[None] = loop.create_future()
+        # Shared (GIL-atomic reads/writes, deque ops; the condition guards sleeping).
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._idle = False
+        self._closing = False
+        self._seal_requested = False
+        self._seal_on_close = False
+        self._next_settings = settings
+        self._failure: WalFailed | None = None
+        # Writer-thread side.
+        self._settings = settings
         self._seq = state.next_seq
         self._file: AppendFile | None = None
         self._size = 0
         self._frames = 0
-        self._opened_at: float | None = None  # monotonic time of the first batch
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._pending_bytes = 0  # queued + in flight
-        self._failure: WalFailed | None = None
-        self._closing = False
-        self._seal_requested = False
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._opened_at: float | None = None  # clock.monotonic() of the first batch
+        self._thread = threading.Thread(
+            target=self._writer_main, name=f"wal-writer:{directory}", daemon=True
+        )
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -135,46 +162,33 @@ class WriteAheadLog:
         on_sealed: Callable[[SealedSegment], None] | None = None,
         initial_epoch: int | None = None,
     ) -> WriteAheadLog:
-        """Recover `directory` (see wal.recovery) and start the writer."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-writer")
+        """Recover `directory` (see wal.recovery) and start the writer thread."""
         loop = asyncio.get_running_loop()
-        try:
-            state = await loop.run_in_executor(
-                executor,
-                lambda: recover(
-                    directory, fileops=fileops, clock=clock, initial_epoch=initial_epoch
-                ),
-            )
-            wal = cls(
-                directory,
-                state,
-                settings=settings or WalSettings(),
-                clock=clock,
-                fileops=fileops,
-                executor=executor,
-                on_sealed=on_sealed,
-            )
-            await loop.run_in_executor(executor, wal._open_segment_sync)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        wal._task = asyncio.create_task(wal._run(), name=f"wal-writer:{directory}")
+        state = await loop.run_in_executor(
+            None,
+            lambda: recover(directory, fileops=fileops, clock=clock, initial_epoch=initial_epoch),
+        )
+        wal = cls(
+            directory,
+            state,
+            settings=settings or WalSettings(),
+            clock=clock,
+            fileops=fileops,
+            loop=loop,
+            on_sealed=on_sealed,
+        )
+        await loop.run_in_executor(None, wal._open_segment_sync)
+        wal._thread.start()
         return wal
 
     async def close(self, *, seal: bool = False) -> None:
         """Write and fsync everything queued, optionally seal, stop the writer."""
-        if self._task is None:
+        if not self._thread.is_alive() and self._done.done():
             return
+        self._seal_on_close = seal
         self._closing = True
-        self._seal_requested = self._seal_requested or seal
-        self._wakeup.set()
-        try:
-            await self._task
-        finally:
-            self._task = None
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._close_file_sync)
-            self._executor.shutdown(wait=True)
+        self._notify()
+        await asyncio.shield(self._done)
 
     # ------------------------------------------------------------------ appends
     def append(
@@ -195,18 +209,18 @@ class WriteAheadLog:
         """Queue whole, already encoded frames. Raises WalFull, WalFailed or WalClosed."""
         if self._failure is not None:
             raise self._failure
-        if self._closing or self._task is None:
+        if self._closing:
             raise WalClosed(f"WAL {self.directory} is closed")
         if not data or frames < 1:
             raise ValueError("an append carries at least one frame")
-        if self._pending_bytes + len(data) > self._settings.pending_bytes_max:
-            raise WalFull(
-                self._pending_bytes, self._settings.pending_bytes_max, self._settings.retry_after_s
-            )
-        future: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+        limits = self._limits
+        if self._pending_bytes + len(data) > limits.pending_bytes_max:
+            raise WalFull(self._pending_bytes, limits.pending_bytes_max, limits.retry_after_s)
+        future: asyncio.Future[AppendAck] = self._loop.create_future()
         self._queue.append(_Pending(data, frames, future))
         self._pending_bytes += len(data)
-        self._wakeup.set()
+        if self._idle:
+            self._notify()
         return future
 
     # ------------------------------------------------------------ state & control
@@ -216,12 +230,12 @@ class WriteAheadLog:
 
     @property
     def pending_bytes(self) -> int:
-        """Appended, not yet fsynced."""
+        """Appended, not yet acknowledged."""
         return self._pending_bytes
 
     @property
     def unshipped_bytes(self) -> int:
-        """Everything on disk or queued that is not committed yet."""
+        """Bytes on disk or queued that are not committed yet (exact between batches)."""
         return self._sealed_bytes + self._size + self._pending_bytes
 
     @property
@@ -236,143 +250,176 @@ class WriteAheadLog:
         self, *, segment_bytes: int | None = None, segment_max_age_s: float | None = None
     ) -> None:
         """New sealing thresholds, applied from the next segment on."""
-        changes: dict[str, float] = {}
+        settings = self._next_settings
         if segment_bytes is not None:
-            changes["segment_bytes"] = segment_bytes
+            settings = replace(settings, segment_bytes=segment_bytes)
         if segment_max_age_s is not None:
-            changes["segment_max_age_s"] = segment_max_age_s
-        self._next_settings = replace(self._next_settings, **changes)  # type: ignore[arg-type]
+            settings = replace(settings, segment_max_age_s=segment_max_age_s)
+        self._next_settings = settings
 
     def request_seal(self) -> None:
-        """Seal the open segment (if it has data) after what is queued now is written."""
+        """Seal the open segment now if it has data; appends not yet written go to the
+        next segment. A request on an empty segment is dropped."""
         self._seal_requested = True
-        self._wakeup.set()
+        self._notify()
 
     def poke(self) -> None:
         """Re-check the age deadline now (tests moving a manual clock call this)."""
-        self._wakeup.set()
+        self._notify()
 
     async def mark_committed(self, seq: int) -> None:
         """The segment's manifest is stored and reported: delete it for good."""
         segment = self._sealed.get(seq)
         if segment is None:
             raise KeyError(f"segment {seq} is not a sealed, uncommitted segment of this WAL")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._delete_sync, segment.path)
+        await self._loop.run_in_executor(None, self._delete_sync, segment.path)
         if self._sealed.pop(seq, None) is not None:
             self._sealed_bytes -= segment.size_bytes
 
-    # --------------------------------------------------------------- writer task
-    def _age_deadline(self) -> float | None:
-        if self._opened_at is None:
-            return None
-        return self._opened_at + self._settings.segment_max_age_s
+    # ------------------------------------------------ loop-side completion hooks
+    def _notify(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify()
 
-    def _seal_due(self) -> bool:
-        if self._frames == 0:
-            return False
-        if self._seal_requested or self._size >= self._settings.segment_bytes:
-            return True
-        deadline = self._age_deadline()
-        return deadline is not None and self._clock.monotonic() >= deadline
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                if self._queue:
-                    await self._write_batch(loop)
-                elif self._closing:
-                    if self._seal_requested and self._frames:
-                        await self._seal(loop)
-                    return
-                else:
-                    self._wakeup.clear()
-                    deadline = self._age_deadline()
-                    if not self._seal_requested and (
-                        deadline is None or self._clock.monotonic() < deadline
-                    ):
-                        timeout = None
-                        if deadline is not None:
-                            timeout = max(0.0, deadline - self._clock.monotonic())
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wakeup.wait(), timeout)
-                if self._seal_due():
-                    await self._seal(loop)
-                elif self._frames == 0:
-                    self._seal_requested = False
-        except OSError as err:
-            self._fail(err)  # sticky: the writer stops, appends raise WalFailed
-        except BaseException as err:
-            # Cancellation or a programmer error: nobody may wait forever on a future.
-            self._fail(err)
-            raise
-
-    def _take_batch(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        size = 0
-        room = self._settings.segment_bytes - self._size
-        limit = self._settings.batch_bytes_max
-        while self._queue:
-            nxt = len(self._queue[0].data)
-            if batch and (size + nxt > limit or size + nxt > room):
-                break
-            batch.append(self._queue.popleft())
-            size += nxt
-        return batch
-
-    async def _write_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._take_batch()
-        data = [p.data for p in batch]
-        start = self._size
-        if self._opened_at is None:
-            self._opened_at = self._clock.monotonic()
-        try:
-            await loop.run_in_executor(self._executor, self._write_sync, data)
-        except OSError as err:
-            self._fail(err, batch)
-            raise
-        offset = start
-        for item in batch:
-            self._pending_bytes -= len(item.data)
-            self._size += len(item.data)
-            self._frames += item.frames
+    def _acknowledge(self, batch: _Batch) -> None:
+        offset = batch.offset
+        for item in batch.items:
             if not item.future.done():
-                item.future.set_result(AppendAck(self.epoch, self._seq, offset, item.frames))
+                item.future.set_result(AppendAck(self.epoch, batch.seq, offset, item.frames))
             offset += len(item.data)
+        self._pending_bytes -= batch.nbytes
 
-    async def _seal(self, loop: asyncio.AbstractEventLoop) -> None:
-        segment = await loop.run_in_executor(self._executor, self._seal_sync)
+    def _sealed_segment(self, segment: SealedSegment) -> None:
         self._sealed[segment.seq] = segment
         self._sealed_bytes += segment.size_bytes
-        self._seal_requested = False
         if self._on_sealed is not None:
             self._on_sealed(segment)
 
-    def _fail(self, err: BaseException, batch: Sequence[_Pending] = ()) -> None:
-        if self._failure is None:
-            self._failure = WalFailed(f"WAL {self.directory} failed: {err!r}")
-            self._failure.__cause__ = err
-            log.error("WAL %s is failed and accepts nothing more: %r", self.directory, err)
-        for item in (*batch, *self._queue):
+    def _fail_waiting(self, items: list[_Pending]) -> None:
+        assert self._failure is not None
+        while self._queue:
+            items.append(self._queue.popleft())
+        for item in items:
+            self._pending_bytes -= len(item.data)
             if not item.future.done():
                 item.future.set_exception(self._failure)
-        self._queue.clear()
-        self._pending_bytes = 0
 
-    # ------------------------------------------ blocking parts (writer thread only)
+    def _writer_stopped(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # ------------------------------------------------------------- writer thread
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.warning("WAL %s: event loop closed before the writer finished", self.directory)
+
+    def _take_batch(self) -> _Batch | None:
+        queue = self._queue
+        if not queue:
+            return None
+        items: list[_Pending] = []
+        size = 0
+        room = self._settings.segment_bytes - self._size
+        limit = self._settings.batch_bytes_max
+        while queue:
+            nxt = len(queue[0].data)
+            if items and (size + nxt > limit or size + nxt > room):
+                break
+            items.append(queue.popleft())
+            size += nxt
+        return _Batch(items, size, self._seq, self._size)
+
+    def _seal_due(self) -> bool:
+        """Size or age says the open segment should be sealed."""
+        if self._frames == 0:
+            return False
+        if self._size >= self._settings.segment_bytes:
+            return True
+        return (
+            self._opened_at is not None
+            and self._clock.monotonic() >= self._opened_at + self._settings.segment_max_age_s
+        )
+
+    def _wait_for_work(self) -> None:
+        with self._wakeup:
+            self._idle = True  # set before looking at the queue: no lost wake-up
+            busy = self._queue or self._closing or self._seal_requested
+            if not busy and not self._seal_due():
+                timeout = IDLE_WAIT_S_MAX
+                if self._opened_at is not None and self._frames:
+                    deadline = self._opened_at + self._settings.segment_max_age_s
+                    timeout = min(timeout, max(0.0, deadline - self._clock.monotonic()))
+                self._wakeup.wait(timeout)
+            self._idle = False
+
+    def _writer_main(self) -> None:
+        synced: _Batch | None = None  # fsynced, acknowledgement not posted yet
+        batch: _Batch | None = None
+        try:
+            while True:
+                if self._seal_requested:
+                    self._seal_requested = False
+                    if synced is not None:
+                        self._post(self._acknowledge, synced)
+                        synced = None
+                    if self._frames:
+                        self._seal_sync()
+                    continue
+                batch = self._take_batch()
+                if batch is None:
+                    if synced is not None:
+                        self._post(self._acknowledge, synced)
+                        synced = None
+                    if self._seal_due():
+                        self._seal_sync()
+                    elif self._closing:
+                        if self._seal_on_close and self._frames:
+                            self._seal_sync()
+                        break
+                    else:
+                        self._wait_for_work()
+                    continue
+                assert self._file is not None
+                items = batch.items
+                data = items[0].data if len(items) == 1 else b"".join(i.data for i in items)
+                if self._opened_at is None:
+                    self._opened_at = self._clock.monotonic()
+                self._file.write(data)
+                if synced is not None:  # pipelining: ack N while N+1 is on its way
+                    self._post(self._acknowledge, synced)
+                    synced = None
+                self._file.sync()
+                self._size += batch.nbytes
+                self._frames += sum(i.frames for i in items)
+                synced, batch = batch, None
+                if self._size >= self._settings.segment_bytes:
+                    self._post(self._acknowledge, synced)
+                    synced = None
+                    self._seal_sync()
+        except BaseException as err:
+            if synced is not None:  # durable before the error: acknowledge it
+                self._post(self._acknowledge, synced)
+            failure = WalFailed(f"WAL {self.directory} failed: {err!r}")
+            failure.__cause__ = err
+            self._failure = failure
+            log.error("WAL %s is failed and accepts nothing more: %r", self.directory, err)
+            self._post(self._fail_waiting, list(batch.items) if batch is not None else [])
+            if not isinstance(err, OSError):
+                raise
+        finally:
+            self._close_file_sync()
+            self._post(self._writer_stopped)
+
+    # --------------------------------------------- blocking parts (off the loop)
     def _open_segment_sync(self) -> None:
         path = os.path.join(self.directory, open_name(self._seq))
         self._file = self._fileops.open_append(path)
         self._size = self._fileops.file_size(path)
         self._fileops.fsync_dir(self.directory)
 
-    def _write_sync(self, data: list[bytes]) -> None:
-        assert self._file is not None
-        self._file.write(data[0] if len(data) == 1 else b"".join(data))
-        self._file.sync()
-
-    def _seal_sync(self) -> SealedSegment:
+    def _seal_sync(self) -> None:
         assert self._file is not None
         self._file.close()
         self._file = None
@@ -385,7 +432,7 @@ class WriteAheadLog:
         self._frames = 0
         self._opened_at = None
         self._open_segment_sync()  # creates seg-(seq+1).wal.open and fsyncs the directory
-        return segment
+        self._post(self._sealed_segment, segment)
 
     def _delete_sync(self, path: str) -> None:
         self._fileops.unlink(path)
