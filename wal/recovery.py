@@ -4,22 +4,29 @@ Decision table (what is found → what is done):
 
 | found                                      | action                                          |
 |--------------------------------------------|-------------------------------------------------|
-| empty or missing directory                 | create it, write EPOCH (atomic), fsync dir      |
+| missing directory                          | create it and any missing parents, fsync each   |
+|                                            | new entry's parent                              |
+| no EPOCH and no segment files              | write EPOCH (atomic), fsync dir                 |
 | segment files but no EPOCH                 | WalStateError: outside damage, do not guess     |
 | `EPOCH.tmp` left by a crash                | delete it                                       |
 | `seg-N.wal` (sealed)                       | keep; listed for delivery (not re-read here)    |
-| `seg-N.wal.open` with valid frames         | truncate after the last valid frame, fsync,     |
-|                                            | rename to `seg-N.wal`; report frames kept and   |
-|                                            | bytes cut                                        |
-| `seg-N.wal.open` with no valid frame       | delete (nothing in it was ever acknowledged)    |
+| `seg-N.wal.open` with valid frames         | truncate after the last valid frame and fsync   |
+|                                            | (always: its bytes may be in the page cache     |
+|                                            | only), rename to `seg-N.wal`; report frames     |
+|                                            | kept and bytes cut                              |
+| `seg-N.wal.open`, no valid frame, highest  | truncate to 0 and keep it: it is the next open  |
+| name in the directory                      | segment, and the only trace of the highest      |
+|                                            | number ever used when all below were committed  |
+| `seg-N.wal.open`, no valid frame, lower    | delete (nothing in it was ever acknowledged)    |
 | `seg-N.wal` and `seg-N.wal.open` together  | WalStateError                                   |
 | anything else                              | left alone                                      |
 
 The next sequence number is one past the highest sealed segment, unless the highest
 name in the directory is an empty open segment: that number was never sealed, so it
-is reused. The writer creates the next open segment (and fsyncs the directory)
-before a sealed segment can be committed and deleted, so the highest number ever
-used is always visible here and sequence numbers stay contiguous.
+is reused (and its file kept, so the number survives even a crash right after). The
+writer creates the next open segment (and fsyncs the directory) before a sealed
+segment can be committed and deleted, so the highest number ever used is always
+visible here and sequence numbers stay contiguous.
 """
 
 from __future__ import annotations
@@ -105,11 +112,28 @@ def read_epoch(directory: str, fileops: FileOps) -> int:
     return epoch
 
 
+def make_dirs_durably(directory: str, fileops: FileOps) -> None:
+    """makedirs, then fsync the parent of every directory it created (top down)."""
+    missing: list[str] = []
+    path = os.path.abspath(directory)
+    while not fileops.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not missing:
+        return
+    fileops.makedirs(directory)
+    for created in reversed(missing):
+        fileops.fsync_dir(os.path.dirname(created))
+
+
 def recover(
     directory: str, *, fileops: FileOps, clock: Clock, initial_epoch: int | None = None
 ) -> RecoveredState:
     """Run the decision table above. Blocking: call it off the event loop."""
-    fileops.makedirs(directory)
+    make_dirs_durably(directory, fileops)
     names = fileops.listdir(directory)
     segments: dict[tuple[int, bool], str] = {}
     for name in names:
@@ -151,11 +175,15 @@ def recover(
         )
         changed = True
         if scan.frames == 0:
-            fileops.unlink(path)
-            highest_is_empty_open = highest_is_empty_open or seq == highest_seq
+            if seq == highest_seq:
+                highest_is_empty_open = True
+                if size:
+                    fileops.truncate(path, 0)
+            else:
+                fileops.unlink(path)
             continue
-        if scan.valid_bytes < size:
-            fileops.truncate(path, scan.valid_bytes)
+        # Always: also makes durable what only reached the page cache before a crash.
+        fileops.truncate(path, scan.valid_bytes)
         target = os.path.join(directory, sealed_name(seq))
         fileops.rename(path, target)
         sealed[seq] = SealedSegment(

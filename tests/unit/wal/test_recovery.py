@@ -74,13 +74,29 @@ def test_an_empty_open_segment_above_all_others_is_reused(tmp_path: Path) -> Non
     state = _recover(tmp_path)
     assert state.next_seq == 9
     assert [s.seq for s in state.sealed] == [8]
-    assert not (tmp_path / open_name(9)).exists()
+    assert (tmp_path / open_name(9)).read_bytes() == b""  # kept: it carries the number
 
 
 def test_the_sequence_continues_after_every_segment_was_committed(tmp_path: Path) -> None:
     write_epoch(str(tmp_path), 3, OS_FILE_OPS)
-    (tmp_path / open_name(12)).write_bytes(b"")
+    (tmp_path / open_name(12)).write_bytes(b"\x00" * 30)  # torn, no valid frame
     assert _recover(tmp_path).next_seq == 12
+    assert (tmp_path / open_name(12)).read_bytes() == b""
+    assert _recover(tmp_path).next_seq == 12
+
+
+def test_a_lower_empty_open_segment_is_removed(tmp_path: Path) -> None:
+    write_epoch(str(tmp_path), 3, OS_FILE_OPS)
+    (tmp_path / open_name(3)).write_bytes(b"")
+    (tmp_path / sealed_name(4)).write_bytes(encode_records([b"x"], tenant=1, ts_ms=1))
+    assert _recover(tmp_path).next_seq == 5
+    assert not (tmp_path / open_name(3)).exists()
+
+
+def test_a_new_directory_is_created_with_its_missing_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "wal"
+    _recover(target)
+    assert (target / "EPOCH").exists()
 
 
 def test_segments_without_an_epoch_file_are_refused(tmp_path: Path) -> None:
