@@ -103,8 +103,11 @@ def materialize_view(
     outcome = pc.take(outcome_of, rules)
     accepted_mask = pc.equal(outcome, "accepted")
     dlq_mask = pc.equal(outcome, "dlq")
-    accepted = table.filter(accepted_mask).select(list(plan.output_columns))
-    dlq_rows = table.filter(dlq_mask)
+    accepted = table.select(list(plan.output_columns)).filter(accepted_mask)
+    dlq_rows = table.select(
+        ["raw", "ts", "topic", "tenant", "segment_seq", "frame_index", "__rule"]
+    )
+    dlq_rows = dlq_rows.filter(dlq_mask)
     dlq_rules = dlq_rows["__rule"].cast(pa.int32()).combine_chunks()
     frame_index = dlq_rows["frame_index"]
     dlq = pa.Table.from_arrays(

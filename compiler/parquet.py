@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PARQUET_COMPRESSION = "zstd"
+SCAN_CHUNK_ROWS = 16 * 1024
 
 RAW_SCHEMA = pa.schema(
     [
@@ -81,6 +82,8 @@ def segment_table(
             "frame_index": pa.array(range(n), pa.uint64()),
         }
     )
+    # Zero-copy slices: DuckDB scans an Arrow table with one thread per chunk.
+    source = pa.Table.from_batches(source.to_batches(max_chunksize=SCAN_CHUNK_ROWS), source.schema)
     return SegmentTable(source, original, pa.array(fmts, pa.uint8()))
 
 

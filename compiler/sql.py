@@ -237,20 +237,28 @@ def classify_sql(definition: ViewDefinition) -> ClassifyPlan:
 
     if definition.reads_json:
         add(
-            "NOT COALESCE(json_valid(raw), FALSE)",
+            "NOT __json_ok",
             "dlq",
             "invalid_json",
             None,
             "payload is not valid JSON",
         )
+    # Each payload is parsed once per function: all text paths go to one
+    # json_extract_string call (and JSON-typed ones to one json_extract), whose list
+    # result is then indexed (1-based).
+    text_paths: list[str] = []
+    json_paths: list[str] = []
     sources: list[str] = []
     typed: list[str] = []
     for index, column in enumerate(definition.columns):
         src = f"__s{index}"
         name = quote_ident(column.name)
-        extract = source_sql(column)
-        if column.path is not None:
-            extract = f"CASE WHEN __json_ok THEN {extract} END"
+        if column.path is None:
+            extract = source_sql(column)
+        else:
+            paths = json_paths if column.type.name == "JSON" else text_paths
+            paths.append(quote_literal(column.path.render()))
+            extract = f"{'__jj' if paths is json_paths else '__jt'}[{len(paths)}]"
         sources.append(f"{extract} AS {src}")
         typed.append(f"{_typed_sql(column, src)} AS {name}")
         if column.required and column.default is None:
@@ -283,12 +291,25 @@ def classify_sql(definition: ViewDefinition) -> ClassifyPlan:
             "a filter condition was not true",
         )
     json_ok = "COALESCE(json_valid(raw), FALSE)" if definition.reads_json else "TRUE"
+    lists = [
+        f"CASE WHEN __json_ok THEN {function}(raw, [{', '.join(paths)}]) END AS {alias}"
+        for function, paths, alias in (
+            ("json_extract_string", text_paths, "__jt"),
+            ("json_extract", json_paths, "__jj"),
+        )
+        if paths
+    ]
     case = f"CASE {' '.join(conditions)} ELSE 0 END" if conditions else "0"
     outputs = tuple(quote_ident(c.name) for c in definition.columns)
+    provenance = ", ".join(PROVENANCE[1:])
     sql = (
         f"WITH __src AS (SELECT {', '.join(PROVENANCE)}, {json_ok} AS __json_ok FROM source), "
-        f"__x AS (SELECT *, {', '.join(sources)} FROM __src), "
-        f"__v AS (SELECT *, {', '.join(typed)} FROM __x) "
-        f"SELECT {', '.join(outputs)}, {', '.join(PROVENANCE)}, {case} AS __rule FROM __v"
+        f"__l AS (SELECT *{''.join(', ' + x for x in lists)} FROM __src), "
+        f"__x AS (SELECT *, {', '.join(sources)} FROM __l), "
+        f"__v AS (SELECT *, {', '.join(typed)} FROM __x), "
+        f"__c AS (SELECT *, {case} AS __rule FROM __v) "
+        # The payload is only needed for rows that are not accepted (the DLQ).
+        f"SELECT {', '.join(outputs)}, CASE WHEN __rule <> 0 THEN raw END AS raw, "
+        f"{provenance}, __rule FROM __c"
     )
     return ClassifyPlan(sql, tuple(rules), tuple(c.name for c in definition.columns))
