@@ -186,3 +186,12 @@ def split_partitions(
         )
         files.append(PartitionFile(folders, accepted.filter(mask)))
     return tuple(files)
+
+
+def check_runs(definition: ViewDefinition, limits: SandboxLimits) -> None:
+    """Bind and run the view over an empty segment: catches what only the engine can
+    (e.g. a timestamp literal it cannot parse). Raises ViewExecutionError."""
+    from .parquet import segment_table
+
+    empty = segment_table(messages=[], ts_ms=[], topics=[], tenants=[], fmts=[], segment_seq=0)
+    materialize_view(definition, empty, limits)

@@ -31,6 +31,38 @@ def _up(args: argparse.Namespace) -> int:
     return up(args.data_dir)
 
 
+def _control(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from control.server import serve
+
+    asyncio.run(serve(args.database_url, args.host, args.port))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from control import admin
+
+    try:
+        if args.admin_command == "create-account":
+            result = asyncio.run(admin.create_account(args.database_url, args.name))
+        elif args.admin_command == "create-key":
+            scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+            result = asyncio.run(
+                admin.create_key(args.database_url, args.account, scopes, args.name, args.owner)
+            )
+        else:
+            result = asyncio.run(admin.create_node_key(args.database_url, args.name))
+    except ValueError as err:
+        print(f"edgemq admin: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgemq", description="Self-hosted EdgeMQ: HTTP/MQTT in, query-ready S3 out."
@@ -41,6 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run everything on this machine with embedded defaults")
     add_option(up, "--data-dir", default="./edgemq-data", help="where state and the WAL live")
     up.set_defaults(func=_up)
+
+    from control.server import DEFAULT_DATABASE_URL
+
+    control = commands.add_parser("control", help="run the control plane (REST API)")
+    add_option(
+        control,
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="sqlite:///PATH or postgresql://…",
+    )
+    add_option(control, "--host", default="127.0.0.1", help="address to listen on")
+    add_option(control, "--port", default=8081, type=int, help="port to listen on")
+    control.set_defaults(func=_control)
+
+    admin = commands.add_parser("admin", help="operator commands on the control store")
+    add_option(
+        admin,
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="sqlite:///PATH or postgresql://…",
+    )
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    account = admin_commands.add_parser("create-account", help="create an account (tenant)")
+    account.add_argument("name")
+    key = admin_commands.add_parser("create-key", help="create an API key for an account")
+    key.add_argument("--account", required=True, help="account id")
+    key.add_argument("--scopes", required=True, help="comma-separated: ingest,metrics,admin")
+    key.add_argument("--name", default="cli", help="key name")
+    key.add_argument("--owner", default=None, help="owner e-mail (recorded as created_by)")
+    node_key = admin_commands.add_parser("create-node-key", help="create a key for ingest nodes")
+    node_key.add_argument("name")
+    admin.set_defaults(func=_admin)
 
     segment = commands.add_parser("segment", help="inspect WAL segment files")
     segment_commands = segment.add_subparsers(dest="segment_command", required=True)

@@ -1,0 +1,78 @@
+"""Run the control plane: open the store, load signing keys, serve HTTP until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+from aiohttp import web
+
+from .auth import Signer
+from .http.app import create_app
+from .services.common import Context, ControlSettings
+from .store import open_database
+
+log = logging.getLogger(__name__)
+DEFAULT_DATABASE_URL = "sqlite:///./edgemq-data/control.db"
+
+
+def _prepare_sqlite_dir(url: str) -> None:
+    if url.startswith(("postgresql://", "postgres://")):
+        return
+    path = url.removeprefix("sqlite:///")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+
+@asynccontextmanager
+async def open_context(
+    database_url: str, settings: ControlSettings | None = None
+) -> AsyncIterator[Context]:
+    settings = settings or ControlSettings()
+    await asyncio.to_thread(_prepare_sqlite_dir, database_url)
+    db = await open_database(database_url)
+    try:
+        signer = await Signer.load(db)
+        if not settings.download_secret:
+            settings = replace(settings, download_secret=secrets.token_bytes(32))
+        yield Context(db=db, signer=signer, settings=settings)
+    finally:
+        await db.close()
+
+
+async def serve(
+    database_url: str,
+    host: str,
+    port: int,
+    settings: ControlSettings | None = None,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    settings = settings or ControlSettings(public_url=f"http://{host}:{port}")
+    async with open_context(database_url, settings) as ctx:
+        runner = web.AppRunner(create_app(ctx), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        log.warning(
+            "control plane listening on http://%s:%d (store: %s)", host, port, ctx.db.dialect
+        )
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
