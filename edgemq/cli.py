@@ -28,7 +28,7 @@ def _segment_cat(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from .up import up
 
-    return up(args.data_dir)
+    return up(args.data_dir, args.host, args.control_port, args.ingest_port, args.mqtt_port)
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run everything on this machine with embedded defaults")
     add_option(up, "--data-dir", default="./edgemq-data", help="where state and the WAL live")
+    add_option(up, "--host", default="127.0.0.1", help="address to listen on")
+    add_option(up, "--control-port", default=8081, type=int, help="control-plane API port")
+    add_option(up, "--ingest-port", default=8080, type=int, help="HTTP ingest port")
+    add_option(up, "--mqtt-port", default=1883, type=int, help="MQTT port")
     up.set_defaults(func=_up)
 
     from control.server import DEFAULT_DATABASE_URL
