@@ -24,7 +24,12 @@ async def presign_get(destination: dict[str, Any], key: str, expires_s: int) -> 
                 DurationSeconds=max(900, expires_s),
             )
         creds = assumed["Credentials"]
-        config = Config(s3={"addressing_style": "path" if destination["path_style"] else "auto"})
+        # SigV4 explicitly: botocore presigns with SigV2 in us-east-1 by default, which
+        # S3 refuses for buckets created since June 2020.
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if destination["path_style"] else "auto"},
+        )
         async with session.client(
             "s3",
             region_name=destination["region"],
