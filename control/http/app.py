@@ -89,7 +89,10 @@ async def api_middleware(
             if exc.status == 405:
                 err = ApiError("method not allowed")
                 err.status, err.code = 405, "method_not_allowed"
-                raise err from exc
+                response = error_response(err)
+                if "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             if exc.status == 413:
                 err = ApiError(f"request body larger than {BODY_BYTES_MAX} bytes")
                 err.status, err.code = 413, "payload_too_large"

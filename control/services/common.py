@@ -156,7 +156,8 @@ def parse_int_param(
     if not values:
         return default
     raw = values[-1]
-    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 12:
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit()) or len(raw) > 12:
         problems.append(problem(f"query.{name}", "must be an integer"))
         return default
     value = int(raw)
