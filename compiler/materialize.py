@@ -189,9 +189,12 @@ def split_partitions(
 
 
 def check_runs(definition: ViewDefinition, limits: SandboxLimits) -> None:
-    """Bind and run the view over an empty segment: catches what only the engine can
-    (e.g. a timestamp literal it cannot parse). Raises ViewExecutionError."""
+    """Run the view over a one-row segment (`{}`): catches what only the engine can,
+    such as a timestamp literal it cannot parse, which DuckDB evaluates only when a row
+    reaches the filter. Raises ViewExecutionError."""
     from .parquet import segment_table
 
-    empty = segment_table(messages=[], ts_ms=[], topics=[], tenants=[], fmts=[], segment_seq=0)
-    materialize_view(definition, empty, limits)
+    probe = segment_table(
+        messages=[b"{}"], ts_ms=[0], topics=[None], tenants=[0], fmts=[0], segment_seq=0
+    )
+    materialize_view(definition, probe, limits)

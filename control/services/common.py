@@ -50,11 +50,18 @@ class Context:
         await tx.execute("UPDATE settings SET value = value + 1 WHERE name = 'config_epoch'")
         row = await tx.fetchone("SELECT value FROM settings WHERE name = 'config_epoch'")
         assert row is not None
-        # Wake long polls (they re-read the epoch; a poll tick covers other replicas and
-        # the moment before this transaction commits).
+        # Wake long polls once the new epoch is visible (after commit); a poll tick
+        # covers changes made by other replicas.
+        callbacks = getattr(tx, "after_commit", None)
+        if callbacks is None:
+            self.wake_long_polls()
+        else:
+            callbacks.append(self.wake_long_polls)
+        return int(row["value"])
+
+    def wake_long_polls(self) -> None:
         woken, self.epoch_changed = self.epoch_changed, asyncio.Event()
         woken.set()
-        return int(row["value"])
 
     async def config_epoch(self) -> int:
         row = await self.db.fetchone("SELECT value FROM settings WHERE name = 'config_epoch'")

@@ -58,6 +58,12 @@ async def register(ctx: Context, principal: Principal, body: object) -> dict[str
         problems.append(problem("body.node_id", "must be a string of at most 64 characters"))
     ipv4 = _str_list(data.get("ipv4", []), "body.ipv4", problems)
     ipv6 = _str_list(data.get("ipv6", []), "body.ipv6", problems)
+    for key, max_len in (("http_url", 2048), ("mqtt_url", 2048), ("version", 64)):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > max_len):
+            problems.append(
+                problem(f"body.{key}", f"must be a string of at most {max_len} characters")
+            )
     raise_if(problems)
     now = now_ms()
     async with ctx.db.transaction() as tx:
@@ -107,16 +113,28 @@ async def heartbeat(
     applied = data.get("applied_epoch", 0)
     if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
         problems.append(problem("body.applied_epoch", "must be a non-negative integer"))
+    if not isinstance(data.get("draining", False), bool):
+        problems.append(problem("body.draining", "must be true or false"))
     states = data.get("endpoints", [])
-    if not isinstance(states, list) or not all(
-        isinstance(s, dict)
-        and isinstance(s.get("endpoint_id"), str)
-        and isinstance(s.get("unshipped_bytes", 0), int)
-        for s in states
+    if (
+        not isinstance(states, list)
+        or not all(
+            isinstance(s, dict)
+            and isinstance(s.get("endpoint_id"), str)
+            and isinstance(s.get("unshipped_bytes", 0), int)
+            and not isinstance(s.get("unshipped_bytes", 0), bool)
+            and s.get("unshipped_bytes", 0) >= 0
+            and isinstance(s.get("delivery_error"), (str, type(None)))
+            for s in states
+        )
+        # One entry per endpoint (the state table is keyed by node and endpoint).
+        or len({s["endpoint_id"] for s in states}) != len(states)
     ):
         problems.append(
             problem(
-                "body.endpoints", "must be a list of {endpoint_id, unshipped_bytes, delivery_error}"
+                "body.endpoints",
+                "must be a list of {endpoint_id, unshipped_bytes, delivery_error}, "
+                "one per endpoint",
             )
         )
         states = []
@@ -125,7 +143,7 @@ async def heartbeat(
     async with ctx.db.transaction() as tx:
         await tx.execute(
             "UPDATE nodes SET last_heartbeat_at = ?, applied_epoch = ?, draining = ? WHERE id = ?",
-            (now, applied, int(bool(data.get("draining", False))), node_id),
+            (now, applied, int(data.get("draining", False)), node_id),
         )
         await tx.execute("DELETE FROM node_endpoint_state WHERE node_id = ?", (node_id,))
         for s in states:
@@ -241,6 +259,38 @@ async def config(
             pass
 
 
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _outcome_problems(v: object, path: str) -> list[dict[str, str]]:
+    """A view outcome: `view_id`, the row counts `processed`/`accepted`/`dropped`/`dlq`,
+    optional `error_code`/`error_message`, and `dlq_file` {key, bucket, region, bytes}
+    naming the DLQ object written for this segment."""
+    if not isinstance(v, dict):
+        return [problem(path, "must be an object")]
+    problems = []
+    if not isinstance(v.get("view_id"), str):
+        problems.append(problem(f"{path}.view_id", "is required (string)"))
+    for key in ("processed", "accepted", "dropped", "dlq"):
+        if not _is_count(v.get(key, 0)):
+            problems.append(problem(f"{path}.{key}", "must be a non-negative integer"))
+    for key in ("error_code", "error_message"):
+        if not isinstance(v.get(key), (str, type(None))):
+            problems.append(problem(f"{path}.{key}", "must be a string or null"))
+    dlq_file = v.get("dlq_file")
+    if dlq_file is not None:
+        if not isinstance(dlq_file, dict) or not isinstance(dlq_file.get("key"), str):
+            problems.append(problem(f"{path}.dlq_file", "must be {key, bucket, region, bytes}"))
+        else:
+            for key in ("bucket", "region"):
+                if not isinstance(dlq_file.get(key), (str, type(None))):
+                    problems.append(problem(f"{path}.dlq_file.{key}", "must be a string"))
+            if not _is_count(dlq_file.get("bytes", 0)):
+                problems.append(problem(f"{path}.dlq_file.bytes", "must be a non-negative integer"))
+    return problems
+
+
 def _commit_problems(c: object, path: str) -> list[dict[str, str]]:
     if not isinstance(c, dict):
         return [problem(path, "must be an object")]
@@ -249,13 +299,16 @@ def _commit_problems(c: object, path: str) -> list[dict[str, str]]:
         if not isinstance(c.get(key), str):
             problems.append(problem(f"{path}.{key}", "is required (string)"))
     for key in ("epoch", "seq", "wal_bytes", "frames", "duration_ms"):
-        v = c.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not _is_count(c.get(key)):
             problems.append(problem(f"{path}.{key}", "is required (non-negative integer)"))
     if not isinstance(c.get("artifacts", {}), dict):
         problems.append(problem(f"{path}.artifacts", "must be an object"))
-    if not isinstance(c.get("views", []), list):
+    views = c.get("views", [])
+    if not isinstance(views, list):
         problems.append(problem(f"{path}.views", "must be a list"))
+    else:
+        for i, v in enumerate(views):
+            problems += _outcome_problems(v, f"{path}.views[{i}]")
     if isinstance(c.get("uploaded_at"), str):
         try:
             parse_ts(c["uploaded_at"])
@@ -307,10 +360,7 @@ async def report_commits(
                 ),
             )
             for v in c.get("views", []):
-                if not isinstance(v, dict) or not isinstance(v.get("view_id"), str):
-                    continue
-                raw_dlq = v.get("dlq")
-                dlq: dict[str, Any] = raw_dlq if isinstance(raw_dlq, dict) else {}
+                dlq: dict[str, Any] = v.get("dlq_file") or {}
                 await tx.execute(
                     "INSERT INTO view_outcomes (view_id, account_id, endpoint_id, node_id, epoch, seq, "
                     "processed, accepted, dropped, dlq, error_code, error_message, dlq_key, dlq_bucket, "
@@ -323,10 +373,10 @@ async def report_commits(
                         node_id,
                         c["epoch"],
                         c["seq"],
-                        int(v.get("processed", 0)),
-                        int(v.get("accepted", 0)),
-                        int(v.get("dropped", 0)),
-                        int(v.get("dlq", 0)),
+                        v.get("processed", 0),
+                        v.get("accepted", 0),
+                        v.get("dropped", 0),
+                        v.get("dlq", 0),
                         v.get("error_code"),
                         v.get("error_message"),
                         dlq.get("key"),

@@ -63,7 +63,26 @@ async def commits(
         (*params, limit + 1),
     )
     more = len(rows) > limit
-    rows = rows[:limit]
+    page = rows[:limit]
+    if more and rows[limit]["uploaded_at_us"] == page[-1]["uploaded_at_us"]:
+        # The cursor is a time, so a page must not end inside a group of commits
+        # uploaded at the same instant (the next page would skip the rest of the group):
+        # end the page before the group or, when the whole page is that group, return
+        # all of it.
+        boundary = int(page[-1]["uploaded_at_us"])
+        page = [r for r in page if int(r["uploaded_at_us"]) != boundary]
+        if not page:
+            page = await ctx.db.fetchall(
+                "SELECT * FROM commits WHERE endpoint_id = ? AND uploaded_at_us = ? "
+                "ORDER BY id DESC",
+                (endpoint_id, boundary),
+            )
+            older = await ctx.db.fetchone(
+                "SELECT id FROM commits WHERE endpoint_id = ? AND uploaded_at_us < ? LIMIT 1",
+                (endpoint_id, boundary),
+            )
+            more = older is not None
+    rows = page
     items = [
         {
             "id": str(r["id"]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -22,6 +22,9 @@ Params = Sequence[Any]
 
 
 class Executor(Protocol):
+    """A database or an open transaction. Transactions also have `after_commit`, a list
+    of callbacks run once the transaction has committed."""
+
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
     async def execute(self, sql: str, params: Params = ()) -> int: ...
@@ -42,6 +45,7 @@ class Database(Executor, Protocol):
 class _SqliteTx:
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
+        self.after_commit: list[Callable[[], None]] = []
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._db._pool.run(self._db._fetchall, sql, params)
@@ -99,12 +103,15 @@ class SqliteDatabase:
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._lock:
             await self._pool.run(self._execute, "BEGIN IMMEDIATE", ())
+            tx = _SqliteTx(self)
             try:
-                yield _SqliteTx(self)
+                yield tx
             except BaseException:
                 await self._pool.run(self._execute, "ROLLBACK", ())
                 raise
             await self._pool.run(self._execute, "COMMIT", ())
+        for callback in tx.after_commit:
+            callback()
 
     async def executescript(self, statements: Sequence[str]) -> None:
         async with self.transaction() as tx:
@@ -126,6 +133,7 @@ def _pg(sql: str) -> str:
 class _PgTx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.after_commit: list[Callable[[], None]] = []
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         cur = await self._conn.execute(_pg(sql), tuple(params))
@@ -175,8 +183,12 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
-        async with self._pool.connection() as conn, conn.transaction():
-            yield _PgTx(conn)
+        async with self._pool.connection() as conn:
+            tx = _PgTx(conn)
+            async with conn.transaction():
+                yield tx
+        for callback in tx.after_commit:
+            callback()
 
     async def executescript(self, statements: Sequence[str]) -> None:
         async with self.transaction() as tx:

@@ -4,6 +4,7 @@ import json
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from compiler.definition import parse_definition
 from compiler.materialize import HIVE_NULL, materialize_view
@@ -137,3 +138,24 @@ def test_view_and_raw_parquet_are_readable_by_duckdb() -> None:
         (None, b"\x00\xff", 42, 0, 17, 1, "ep1", "node-a"),
     ]
     assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+
+
+def test_a_filter_literal_the_engine_cannot_parse_fails_the_publish_check() -> None:
+    from compiler.errors import ViewExecutionError
+    from compiler.materialize import check_runs
+
+    bad = parse_definition(
+        {
+            "columns": [{"name": "timestamp", "type": "TIMESTAMP", "path": "$.ts"}],
+            "filters": [{"condition": "timestamp > 'not a date'"}],
+        }
+    )
+    with pytest.raises(ViewExecutionError, match="Conversion Error"):
+        check_runs(bad, LIMITS)
+    good = parse_definition(
+        {
+            "columns": [{"name": "timestamp", "type": "TIMESTAMP", "path": "$.ts"}],
+            "filters": [{"condition": "timestamp > '2026-01-01'"}],
+        }
+    )
+    check_runs(good, LIMITS)
