@@ -58,14 +58,38 @@ async def _body(request: web.Request) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # too deep: 422
         raise Invalid([problem("body", f"not valid JSON: {err}")]) from err
+    where = _nul_path(value, "body")
+    if where is not None:
+        raise Invalid([problem(where, "must not contain NUL characters")])
+    return value
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string holding U+0000 (no store keeps those), else None."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return where
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for key, value in request.query.items():
+        if "\x00" in key or "\x00" in value:
+            raise Invalid([problem(f"query.{key}", "must not contain NUL characters")])
         out.setdefault(key, []).append(value)
     return out
 

@@ -61,6 +61,8 @@ def _check_fields(
             problems.append(problem(f"body.{name}", "must be a non-empty string"))
         elif len(value) > max_len:
             problems.append(problem(f"body.{name}", f"must be at most {max_len} characters"))
+        elif "\x00" in value:  # PostgreSQL text cannot hold NUL (was a 500)
+            problems.append(problem(f"body.{name}", "must not contain NUL characters"))
         else:
             out[name] = value
 
@@ -250,11 +252,31 @@ async def delete(ctx: Context, principal: Principal, destination_id: str) -> Non
         )
         if row is None:
             raise not_found("destination")
+        # Same count as `ref_count`: deleted endpoints are hidden and do not pin it...
         refs = await tx.fetchone(
-            "SELECT COUNT(*) AS n FROM endpoints WHERE destination_id = ?", (destination_id,)
+            "SELECT COUNT(*) AS n FROM endpoints WHERE destination_id = ? AND deleted_at IS NULL",
+            (destination_id,),
         )
         if refs and int(refs["n"]) > 0:
             raise Conflict("the destination is referenced by endpoints; unbind it first")
+        # ...unless nodes are still delivering a deleted endpoint's data to it.
+        draining = await tx.fetchone(
+            "SELECT COUNT(*) AS n FROM endpoints e WHERE e.destination_id = ? "
+            "AND e.deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM node_endpoint_state s "
+            "WHERE s.endpoint_id = e.id AND s.unshipped_bytes > 0)",
+            (destination_id,),
+        )
+        if draining and int(draining["n"]) > 0:
+            raise Conflict(
+                "a deleted endpoint is still delivering data to this destination; "
+                "retry once it has drained"
+            )
+        # Deleted endpoint rows are kept (late commit reports); they let go of it.
+        await tx.execute(
+            "UPDATE endpoints SET destination_id = NULL "
+            "WHERE destination_id = ? AND deleted_at IS NOT NULL",
+            (destination_id,),
+        )
         await tx.execute("DELETE FROM destinations WHERE id = ?", (destination_id,))
 
 

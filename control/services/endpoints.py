@@ -27,6 +27,7 @@ from .common import (
     body_object,
     check_id,
     fmt_ts,
+    is_uuid,
     new_id,
     not_found,
     now_ms,
@@ -191,7 +192,7 @@ async def _check_body(
         dest = body["destination_id"]
         if dest is None and not create:
             out["destination_id"] = None
-        elif not isinstance(dest, str):
+        elif not is_uuid(dest):  # not a str, or text the store may not hold (NUL on PG)
             problems.append(problem("body.destination_id", "must be a destination id"))
         else:
             row = await ctx.db.fetchone(

@@ -153,12 +153,14 @@ async def create_key(ctx: Context, principal: Principal, body: object) -> dict[s
     problems: list[dict[str, str]] = []
     unknown_fields(data, {"name", "owner", "scopes"}, problems)
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
         problems.append(
             problem("body.name", "must be a non-empty string of at most 200 characters")
         )
     owner = data.get("owner")
-    if owner is not None and (not isinstance(owner, str) or "@" not in owner or len(owner) > 320):
+    if owner is not None and (
+        not isinstance(owner, str) or "@" not in owner or len(owner) > 320 or "\x00" in owner
+    ):
         problems.append(problem("body.owner", "must be an e-mail address"))
     scopes = data.get("scopes")
     if (
