@@ -116,7 +116,7 @@ async def health(ctx: Context, _: Principal | None, req: web.Request) -> web.Str
 async def openapi(ctx: Context, _: Principal | None, req: web.Request) -> web.StreamResponse:
     from ..openapi import document
 
-    return _json(document())
+    return _json(document(ctx.settings))
 
 
 def _local_object(endpoint_url: str, bucket: str, key: str) -> str | None:
@@ -154,6 +154,8 @@ def _simple(
         ctx: Context, principal: Principal | None, req: web.Request
     ) -> web.StreamResponse:
         args: list[Any] = [req.match_info[p] for p in params]
+        if any("\x00" in a for a in args):  # no id contains NUL: nothing to find
+            raise NotFound("not found")
         if body:
             args.append(await _body(req))
         if query:

@@ -96,6 +96,12 @@ def parse_ts(value: object) -> dt.datetime:
     moment = dt.datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError("must include a time zone (e.g. Z)")
+    try:
+        utc = moment.astimezone(dt.UTC)
+    except OverflowError as err:
+        raise ValueError("must lie between the years 1 and 9999 in UTC") from err
+    if not 1970 <= utc.year <= 9999:
+        raise ValueError("must lie between 1970 and 9999 (UTC)")
     return moment
 
 

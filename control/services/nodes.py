@@ -111,8 +111,8 @@ async def heartbeat(
     problems: list[dict[str, str]] = []
     unknown_fields(data, {"applied_epoch", "draining", "endpoints"}, problems)
     applied = data.get("applied_epoch", 0)
-    if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
-        problems.append(problem("body.applied_epoch", "must be a non-negative integer"))
+    if not _is_count(applied):
+        problems.append(problem("body.applied_epoch", "must be a non-negative 64-bit integer"))
     if not isinstance(data.get("draining", False), bool):
         problems.append(problem("body.draining", "must be true or false"))
     states = data.get("endpoints", [])
@@ -121,9 +121,7 @@ async def heartbeat(
         or not all(
             isinstance(s, dict)
             and isinstance(s.get("endpoint_id"), str)
-            and isinstance(s.get("unshipped_bytes", 0), int)
-            and not isinstance(s.get("unshipped_bytes", 0), bool)
-            and s.get("unshipped_bytes", 0) >= 0
+            and _is_count(s.get("unshipped_bytes", 0))
             and isinstance(s.get("delivery_error"), (str, type(None)))
             for s in states
         )
