@@ -61,35 +61,49 @@ class RegionHealth:
     failing: frozenset[str]  # endpoint ids with a delivery error on a healthy node
 
 
-async def region_health(ctx: Context, db: Executor, region: str) -> RegionHealth:
+async def regions_health(ctx: Context, db: Executor, regions: set[str]) -> dict[str, RegionHealth]:
+    """Node health of several regions in two queries (not two per region)."""
+    if not regions:
+        return {}
     horizon = now_ms() - int(ctx.settings.node_heartbeat_timeout_s * 1000)
+    marks = ",".join("?" for _ in regions)
     rows = await db.fetchall(
-        "SELECT id, last_heartbeat_at, applied_epoch, ipv4, ipv6, draining FROM nodes "
-        "WHERE region = ?",
-        (region,),
+        "SELECT id, region, last_heartbeat_at, applied_epoch, ipv4, ipv6, draining FROM nodes "
+        f"WHERE region IN ({marks})",
+        sorted(regions),
     )
     healthy = [r for r in rows if r["last_heartbeat_at"] >= horizon and not r["draining"]]
-    ipv4: list[str] = []
-    ipv6: list[str] = []
-    for r in healthy:
-        ipv4 += [a for a in json.loads(r["ipv4"]) if a not in ipv4]
-        ipv6 += [a for a in json.loads(r["ipv6"]) if a not in ipv6]
-    failing: set[str] = set()
+    failing: dict[str, set[str]] = {}
     if healthy:
-        marks = ",".join("?" for _ in healthy)
+        node_marks = ",".join("?" for _ in healthy)
         errors = await db.fetchall(
-            f"SELECT endpoint_id FROM node_endpoint_state WHERE node_id IN ({marks}) "
+            f"SELECT node_id, endpoint_id FROM node_endpoint_state WHERE node_id IN ({node_marks}) "
             "AND delivery_error IS NOT NULL",
             [r["id"] for r in healthy],
         )
-        failing = {e["endpoint_id"] for e in errors}
-    return RegionHealth(
-        bool(rows),
-        tuple(int(r["applied_epoch"]) for r in healthy),
-        tuple(ipv4),
-        tuple(ipv6),
-        frozenset(failing),
-    )
+        region_of = {r["id"]: r["region"] for r in healthy}
+        for e in errors:
+            failing.setdefault(region_of[e["node_id"]], set()).add(e["endpoint_id"])
+    result: dict[str, RegionHealth] = {}
+    for region in regions:
+        mine = [r for r in healthy if r["region"] == region]
+        ipv4: list[str] = []
+        ipv6: list[str] = []
+        for r in mine:
+            ipv4 += [a for a in json.loads(r["ipv4"]) if a not in ipv4]
+            ipv6 += [a for a in json.loads(r["ipv6"]) if a not in ipv6]
+        result[region] = RegionHealth(
+            any(r["region"] == region for r in rows),
+            tuple(int(r["applied_epoch"]) for r in mine),
+            tuple(ipv4),
+            tuple(ipv6),
+            frozenset(failing.get(region, set())),
+        )
+    return result
+
+
+async def region_health(ctx: Context, db: Executor, region: str) -> RegionHealth:
+    return (await regions_health(ctx, db, {region}))[region]
 
 
 def status_of(row: dict[str, Any], health: RegionHealth) -> str:
@@ -246,9 +260,7 @@ async def _fetch(ctx: Context, account_id: str, endpoint_id: str) -> dict[str, A
 
 
 async def _render_rows(ctx: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    health: dict[str, RegionHealth] = {}
-    for region in {r["region"] for r in rows}:
-        health[region] = await region_health(ctx, ctx.db, region)
+    health = await regions_health(ctx, ctx.db, {r["region"] for r in rows})
     return [render(r, health[r["region"]]) for r in rows]
 
 
@@ -299,8 +311,11 @@ async def list_(ctx: Context, principal: Principal, query: dict[str, list[str]])
         total = await ctx.db.fetchone(
             f"SELECT COUNT(*) AS n FROM endpoints e {where}", (account_id,)
         )
+        # Deferred join: pick the page's ids from the covering index, then join.
         rows = await ctx.db.fetchall(
-            f"SELECT {_COLUMNS} {_FROM} {where} ORDER BY e.created_at, e.id LIMIT ? OFFSET ?",
+            f"SELECT {_COLUMNS} {_FROM} WHERE e.id IN (SELECT id FROM endpoints "
+            "WHERE account_id = ? AND deleted_at IS NULL ORDER BY created_at, id "
+            "LIMIT ? OFFSET ?) ORDER BY e.created_at, e.id",
             (account_id, page.limit, page.offset),
         )
         return page.wrap(await _render_rows(ctx, rows), int(total["n"]) if total else 0)

@@ -159,6 +159,11 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (view_id, endpoint_id, node_id, epoch, seq))""",
         "CREATE INDEX view_outcomes_view_time ON view_outcomes (view_id, at)",
     ],
+    [
+        # Listing endpoints: count and page over live endpoints from the index alone.
+        "CREATE INDEX endpoints_account_live ON endpoints (account_id, created_at, id) "
+        "WHERE deleted_at IS NULL",
+    ],
 ]
 
 
