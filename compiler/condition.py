@@ -71,6 +71,15 @@ class Name:
 
 
 @dataclass(frozen=True, slots=True)
+class TemporalLiteral:
+    """A text literal compared with a DATE/TIME/TIMESTAMP(TZ) column, parsed and
+    normalised here (offsets converted to UTC) and rendered as a typed literal."""
+
+    value: str  # normalised: 'YYYY-MM-DD', 'HH:MM:SS[.ffffff]' or 'YYYY-MM-DD HH:MM:SS.ffffff'
+    type_name: str  # DATE | TIME | TIMESTAMP | TIMESTAMPTZ
+
+
+@dataclass(frozen=True, slots=True)
 class Unary:
     op: Literal["-", "not"]
     operand: Expr
@@ -86,7 +95,7 @@ class Binary:
 @dataclass(frozen=True, slots=True)
 class InList:
     operand: Expr
-    items: tuple[Literal_, ...]
+    items: tuple[Literal_ | TemporalLiteral, ...]
     negated: bool
 
 
@@ -118,7 +127,7 @@ class Call:
     args: tuple[Expr, ...]
 
 
-Expr = Union[Literal_, Name, Unary, Binary, InList, Between, Like, IsNull, Call]  # noqa: UP007
+Expr = Union[Literal_, TemporalLiteral, Name, Unary, Binary, InList, Between, Like, IsNull, Call]  # noqa: UP007
 
 
 # -------------------------------------------------------------------- tokens
@@ -447,14 +456,13 @@ def check_names_and_types(expr: Expr, names: dict[str, Category]) -> Category:
         return "number"
 
     def compatible(a: Category, b: Category) -> bool:
-        if "null" in (a, b) or "any" in (a, b) or a == b:
-            return True
-        # A string literal compares with a temporal value (DuckDB casts it at bind time).
-        return {a, b} == {"string", "temporal"}
+        return "null" in (a, b) or "any" in (a, b) or a == b
 
     def visit(node: Expr) -> Category:
         if isinstance(node, Literal_):
             return literal_category(node.value)
+        if isinstance(node, TemporalLiteral):
+            return "temporal"
         if isinstance(node, Name):
             if node.name not in names:
                 known = ", ".join(sorted(names))
@@ -477,7 +485,15 @@ def check_names_and_types(expr: Expr, names: dict[str, Category]) -> Category:
                 return "boolean"
             if node.op in COMPARISONS:
                 if not compatible(left, right):
-                    raise ConditionError(f"cannot compare {left} with {right} using {node.op}")
+                    hint = (
+                        " (compare a date/time column directly with a literal such as "
+                        "'2026-01-15T10:00:00Z')"
+                        if "temporal" in (left, right)
+                        else ""
+                    )
+                    raise ConditionError(
+                        f"cannot compare {left} with {right} using {node.op}{hint}"
+                    )
                 return "boolean"
             for side in (left, right):
                 if not compatible(side, "number"):
@@ -521,3 +537,74 @@ def check_names_and_types(expr: Expr, names: dict[str, Category]) -> Category:
         return result
 
     return visit(expr)
+
+
+# ------------------------------------------------------- temporal literals
+def _normalise_temporal(text: str, type_name: str) -> str:
+    import datetime as dt
+
+    if type_name == "DATE":
+        return dt.date.fromisoformat(text).isoformat()
+    if type_name == "TIME":
+        return dt.time.fromisoformat(text).isoformat()
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    # isoformat pads the year to 4 digits (strftime's %Y does not on glibc)
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+def _temporal(node: Expr, types: dict[str, str]) -> str | None:
+    if isinstance(node, Name) and types.get(node.name) in (
+        "DATE",
+        "TIME",
+        "TIMESTAMP",
+        "TIMESTAMPTZ",
+    ):
+        return types[node.name]
+    return None
+
+
+def _bind(node: Expr, type_name: str | None) -> Expr:
+    if type_name is None or not isinstance(node, Literal_) or not isinstance(node.value, str):
+        return node
+    try:
+        return TemporalLiteral(_normalise_temporal(node.value, type_name), type_name)
+    except (ValueError, OverflowError) as err:  # OverflowError: an offset past year 1/9999
+        raise ConditionError(f"{node.value!r} is not a valid {type_name} literal") from err
+
+
+def bind_temporal_literals(expr: Expr, types: dict[str, str]) -> Expr:
+    """Turn text literals compared with a date/time column into typed, UTC-normalised
+    literals; ConditionError for text that is not a valid value of that type."""
+
+    def walk(node: Expr) -> Expr:
+        if isinstance(node, Binary):
+            left, right = walk(node.left), walk(node.right)
+            if node.op in COMPARISONS:
+                right = _bind(right, _temporal(left, types))
+                left = _bind(left, _temporal(right, types))
+            return Binary(node.op, left, right)
+        if isinstance(node, InList):
+            kind = _temporal(node.operand, types)
+            items = tuple(_bind(i, kind) for i in node.items)
+            return InList(walk(node.operand), items, node.negated)  # type: ignore[arg-type]
+        if isinstance(node, Between):
+            kind = _temporal(node.operand, types)
+            return Between(
+                walk(node.operand),
+                _bind(walk(node.low), kind),
+                _bind(walk(node.high), kind),
+                node.negated,
+            )
+        if isinstance(node, Unary):
+            return Unary(node.op, walk(node.operand))
+        if isinstance(node, Like):
+            return Like(walk(node.operand), walk(node.pattern), node.case_insensitive, node.negated)
+        if isinstance(node, IsNull):
+            return IsNull(walk(node.operand), node.negated)
+        if isinstance(node, Call):
+            return Call(node.function, tuple(walk(a) for a in node.args))
+        return node
+
+    return walk(expr)

@@ -16,10 +16,17 @@ from typing import Any, Literal
 
 import yaml
 
-from .condition import Category, ConditionError, Expr, check_names_and_types, parse_condition
+from .condition import (
+    Category,
+    ConditionError,
+    Expr,
+    bind_temporal_literals,
+    check_names_and_types,
+    parse_condition,
+)
 from .errors import DefinitionInvalid, Problem
 from .jsonpath import JsonPath, parse_jsonpath
-from .types import INTEGER_TYPES, ColumnType, parse_type
+from .types import INTEGER_TYPES, SIMPLE_TYPES, ColumnType, parse_type
 
 COLUMNS_MAX = 100
 FILTERS_MAX = 32
@@ -118,6 +125,8 @@ def load_definition_text(text: str, fmt: Literal["json", "yaml"]) -> Any:
         )
     try:
         return json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except RecursionError as err:
+        raise DefinitionInvalid([Problem("definition", "nested too deeply")]) from err
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise DefinitionInvalid([Problem("definition", f"not valid {fmt.upper()}: {err}")]) from err
 
@@ -135,24 +144,109 @@ class _Collector:
                 self.add(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
 
 
+_INTEGER_RANGES = {
+    "TINYINT": (-(2**7), 2**7 - 1),
+    "SMALLINT": (-(2**15), 2**15 - 1),
+    "INTEGER": (-(2**31), 2**31 - 1),
+    "BIGINT": (-(2**63), 2**63 - 1),
+    "HUGEINT": (-(2**127), 2**127 - 1),
+    "UTINYINT": (0, 2**8 - 1),
+    "USMALLINT": (0, 2**16 - 1),
+    "UINTEGER": (0, 2**32 - 1),
+    "UBIGINT": (0, 2**64 - 1),
+}
+# Which column types a virtual column can be read as (others would always be NULL).
+VIRTUAL_TARGETS: dict[str, frozenset[str]] = {
+    "ts": frozenset({"TIMESTAMP", "TIMESTAMPTZ", "DATE", "VARCHAR"}),
+    "topic": frozenset(SIMPLE_TYPES | {"DECIMAL"}),
+    "tenant": frozenset(INTEGER_TYPES | {"DECIMAL", "DOUBLE", "FLOAT", "VARCHAR"}),
+    "segment_seq": frozenset(INTEGER_TYPES | {"DECIMAL", "DOUBLE", "FLOAT", "VARCHAR"}),
+    "frame_index": frozenset(INTEGER_TYPES | {"DECIMAL", "DOUBLE", "FLOAT", "VARCHAR"}),
+}
+
+
+def normalise_default(value: Any, column_type: ColumnType) -> str | int | float | bool:
+    """The default as stored and rendered; ValueError when it does not fit the type.
+    Date/time defaults are parsed here (offsets converted to UTC), numbers range-checked."""
+    import datetime as dt
+    import math
+    import struct
+    import uuid as uuid_module
+    from decimal import Decimal, InvalidOperation, localcontext
+
+    name = column_type.name
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if name == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"does not fit type {column_type.sql}")
+    if name in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[name]
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer {low}..{high} for {name}")
+        return value
+    if name in ("FLOAT", "DOUBLE"):
+        try:  # float() of a huge int and struct's "f" raise OverflowError
+            as_float = float(value) if isinstance(value, (int, float)) else math.nan
+            if name == "FLOAT":
+                struct.pack("<f", as_float)  # beyond FLOAT's range: CAST fails at run time
+        except OverflowError:
+            as_float = math.nan
+        if not math.isfinite(as_float):
+            raise ValueError(f"must be a finite number within {name}'s range")
+        return as_float
+    if name == "DECIMAL":
+        try:
+            number = Decimal(str(value)) if isinstance(value, (int, float, str)) else None
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            raise ValueError(f"must be a number fitting {column_type.sql}")
+        assert column_type.precision is not None
+        assert column_type.scale is not None
+        try:
+            with localcontext() as context:  # room for 38 digits (28 by default)
+                context.prec = 80
+                rounded = number.quantize(Decimal(1).scaleb(-column_type.scale))
+        except InvalidOperation:  # more digits than even that: does not fit
+            rounded = Decimal(10) ** 80
+        if len(rounded.as_tuple().digits) > column_type.precision:
+            raise ValueError(f"must be a number fitting {column_type.sql}")
+        return str(number)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string for {column_type.sql}")
+    try:
+        if name == "UUID":
+            return str(uuid_module.UUID(value))
+        if name == "JSON":
+            json.loads(value)
+            return value
+        if name == "DATE":
+            return dt.date.fromisoformat(value).isoformat()
+        if name == "TIME":
+            return dt.time.fromisoformat(value).isoformat()
+        if name in ("TIMESTAMP", "TIMESTAMPTZ"):
+            moment = dt.datetime.fromisoformat(value)
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+            # isoformat pads the year to 4 digits (strftime's %Y does not on glibc)
+            return moment.isoformat(sep=" ", timespec="microseconds")
+    except (ValueError, OverflowError) as err:  # OverflowError: an offset past year 1/9999
+        raise ValueError(f"is not a valid {column_type.sql} value") from err
+    return value
+
+
 def _parse_default(c: _Collector, path: str, value: Any, column_type: ColumnType) -> Any:
-    category = category_of(column_type)
     if value is None:
         return None
-    ok = (
-        (category == "boolean" and isinstance(value, bool))
-        or (
-            category == "number"
-            and isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and (column_type.name not in INTEGER_TYPES or isinstance(value, int))
-        )
-        or (category in ("string", "temporal", "json") and isinstance(value, str))
-    )
-    if not ok:
-        c.add(path, f"default {value!r} does not fit type {column_type.sql}")
+    try:
+        return normalise_default(value, column_type)
+    except ValueError as err:
+        c.add(path, f"default {value!r} {err}")
         return None
-    return value
 
 
 def _parse_column(c: _Collector, path: str, raw: Any) -> ColumnSpec | None:
@@ -184,6 +278,9 @@ def _parse_column(c: _Collector, path: str, raw: Any) -> ColumnSpec | None:
             c.add(f"{path}.path", str(err))
     elif source not in VIRTUAL_COLUMNS:
         c.add(f"{path}.source", f"must be one of {', '.join(VIRTUAL_COLUMNS)}")
+    elif column_type.name not in VIRTUAL_TARGETS[source]:
+        allowed = ", ".join(sorted(VIRTUAL_TARGETS[source]))
+        c.add(f"{path}.type", f"the virtual column {source!r} can be read as {allowed}")
     required = raw.get("required", False)
     if not isinstance(required, bool):
         c.add(f"{path}.required", "must be true or false")
@@ -222,6 +319,8 @@ def parse_definition(raw: Any) -> ViewDefinition:
 
     names: dict[str, Category] = {n: category_of(t) for n, t in VIRTUAL_COLUMNS.items()}
     names.update({col.name: category_of(col.type) for col in columns})
+    types = {n: t.name for n, t in VIRTUAL_COLUMNS.items()}
+    types.update({col.name: col.type.name for col in columns})
     filters: list[FilterSpec] = []
     raw_filters = raw.get("filters") or []
     if not isinstance(raw_filters, list) or len(raw_filters) > FILTERS_MAX:
@@ -238,7 +337,7 @@ def parse_definition(raw: Any) -> ViewDefinition:
         if description is not None and not isinstance(description, str):
             c.add(f"{path}.description", "must be a string")
         try:
-            expr = parse_condition(text)  # type: ignore[arg-type]
+            expr = bind_temporal_literals(parse_condition(text), types)  # type: ignore[arg-type]
             if check_names_and_types(expr, names) not in ("boolean", "null", "any"):
                 raise ConditionError("condition must be true or false, not a value")
         except ConditionError as err:

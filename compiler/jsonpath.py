@@ -41,6 +41,8 @@ def _is_plain(key: str) -> bool:
 
 
 def _check_key(key: str) -> str:
+    if not key:
+        raise ValueError("an empty key cannot be addressed")
     for c in key:
         if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F:
             raise ValueError(f"key {key!r} contains a character paths cannot carry ({c!r})")

@@ -144,7 +144,8 @@ def materialize_view(
 def _partition_values(column: pa.ChunkedArray, spec: PartitionSpec) -> pa.ChunkedArray:
     if spec.transform == "identity":
         if pa.types.is_timestamp(column.type):
-            return pc.strftime(column, "%Y-%m-%dT%H:%M:%S")
+            seconds = column.cast(pa.timestamp("s", tz=column.type.tz), safe=False)
+            return pc.strftime(seconds, "%Y-%m-%dT%H:%M:%S")
         return column.cast(pa.string())
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("s"))

@@ -29,6 +29,7 @@ from .condition import (
     Like,
     Literal_,
     Name,
+    TemporalLiteral,
     Unary,
 )
 from .definition import VIRTUAL_COLUMNS, ColumnSpec, ViewDefinition
@@ -101,6 +102,8 @@ def _render(node: Expr, parent: int) -> str:
         value = node.value
         negative = isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value < 0
         return _wrap(text, _UNARY_MINUS if negative else _ATOM, parent)
+    if isinstance(node, TemporalLiteral):
+        return f"{node.type_name} {quote_literal(node.value)}"
     if isinstance(node, Name):
         return quote_ident(node.name)
     if isinstance(node, Unary):
@@ -116,6 +119,8 @@ def _render(node: Expr, parent: int) -> str:
         else:
             prec, op = pred, node.op
         left = _render(node.left, prec)
+        if op in ("/", "%"):  # x / 0 and x % 0 are NULL, for integers and doubles alike
+            return _wrap(f"{left} {op} NULLIF({_render(node.right, 0)}, 0)", prec, parent)
         right = _render(node.right, prec + 1)
         return _wrap(f"{left} {op} {right}", prec, parent)
     if isinstance(node, InList):
@@ -189,7 +194,7 @@ def display_sql(definition: ViewDefinition) -> str:
 def _typed_sql(column: ColumnSpec, source_ref: str) -> str:
     if not _needs_cast(column):
         typed = source_ref
-    elif column.type.name == "TIMESTAMP" and column.path is not None:
+    elif column.type.name == "TIMESTAMP" and (column.path is not None or column.source == "topic"):
         # Through TIMESTAMPTZ so that an offset in the text is honoured (UTC session).
         typed = f"TRY_CAST(TRY_CAST({source_ref} AS TIMESTAMPTZ) AS TIMESTAMP)"
     else:
@@ -283,8 +288,10 @@ def classify_sql(definition: ViewDefinition) -> ClassifyPlan:
                 )
     where = filters_sql(definition)
     if where is not None:
+        # TRY: a row whose filter cannot be evaluated (an overflow, say) is not accepted;
+        # it must not fail the whole segment.
         add(
-            f"NOT COALESCE({where}, FALSE)",
+            f"NOT COALESCE(TRY({where}), FALSE)",
             "dropped",
             "filtered",
             None,

@@ -8,6 +8,7 @@ from compiler.condition import (
     Like,
     Literal_,
     Name,
+    bind_temporal_literals,
     check_names_and_types,
     parse_condition,
 )
@@ -15,6 +16,14 @@ from compiler.definition import parse_definition
 from compiler.errors import DefinitionInvalid
 from compiler.sql import render_expr
 
+TYPES = {
+    "event_type": "VARCHAR",
+    "amount": "DOUBLE",
+    "ok": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "topic": "VARCHAR",
+    "ts": "TIMESTAMP",
+}
 NAMES = {
     "event_type": "string",
     "amount": "number",
@@ -198,4 +207,31 @@ def test_keywords_are_case_insensitive() -> None:
     ],
 )
 def test_well_typed_conditions_are_accepted(condition: str) -> None:
-    assert check_names_and_types(parse_condition(condition), NAMES) == "boolean"  # type: ignore[arg-type]
+    expr = bind_temporal_literals(parse_condition(condition), TYPES)
+    assert check_names_and_types(expr, NAMES) == "boolean"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ("timestamp > 'not a date'", "not a valid TIMESTAMP literal"),
+        ("event_type = ts", "cannot compare string with temporal"),
+        ("timestamp > lower('x')", "cannot compare temporal with string"),
+    ],
+)
+def test_text_next_to_a_timestamp_must_be_a_valid_literal(condition: str, message: str) -> None:
+    def check() -> None:
+        expr = bind_temporal_literals(parse_condition(condition), TYPES)
+        check_names_and_types(expr, NAMES)  # type: ignore[arg-type]
+
+    with pytest.raises(ConditionError, match=message):
+        check()
+
+
+def test_timestamp_literals_are_normalised_to_utc() -> None:
+    expr = bind_temporal_literals(parse_condition("ts >= '2026-01-16T00:30:00+02:00'"), TYPES)
+    assert render_expr(expr) == "ts >= TIMESTAMP '2026-01-15 22:30:00.000000'"
+
+
+def test_division_by_zero_renders_as_null() -> None:
+    assert render_expr(parse_condition("amount / 0 > 1")) == "amount / NULLIF(0, 0) > 1"

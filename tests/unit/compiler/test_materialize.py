@@ -140,18 +140,17 @@ def test_view_and_raw_parquet_are_readable_by_duckdb() -> None:
     assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
 
 
-def test_a_filter_literal_the_engine_cannot_parse_fails_the_publish_check() -> None:
-    from compiler.errors import ViewExecutionError
+def test_the_publish_check_runs_a_probe_row_through_the_view() -> None:
+    from compiler.errors import DefinitionInvalid
     from compiler.materialize import check_runs
 
-    bad = parse_definition(
-        {
-            "columns": [{"name": "timestamp", "type": "TIMESTAMP", "path": "$.ts"}],
-            "filters": [{"condition": "timestamp > 'not a date'"}],
-        }
-    )
-    with pytest.raises(ViewExecutionError, match="Conversion Error"):
-        check_runs(bad, LIMITS)
+    with pytest.raises(DefinitionInvalid, match="not a valid TIMESTAMP literal"):
+        parse_definition(
+            {
+                "columns": [{"name": "timestamp", "type": "TIMESTAMP", "path": "$.ts"}],
+                "filters": [{"condition": "timestamp > 'not a date'"}],
+            }
+        )
     good = parse_definition(
         {
             "columns": [{"name": "timestamp", "type": "TIMESTAMP", "path": "$.ts"}],
@@ -159,3 +158,16 @@ def test_a_filter_literal_the_engine_cannot_parse_fails_the_publish_check() -> N
         }
     )
     check_runs(good, LIMITS)
+
+
+def test_a_filter_that_fails_on_one_row_drops_that_row_only() -> None:
+    definition = parse_definition(
+        {
+            "columns": [{"name": "b", "type": "BIGINT", "path": "$.b"}],
+            "filters": [{"condition": "round(b, -1) > 0"}],
+        }
+    )
+    result = materialize_view(
+        definition, _segment([b'{"b": 9223372036854775807}', b'{"b": 15}']), LIMITS
+    )
+    assert (result.counts.accepted, result.counts.dropped) == (1, 1)
