@@ -9,11 +9,11 @@ import os
 import uuid
 from typing import Any
 
-import aioboto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.offload import BlockingPool
+
+from .s3access import assumed_s3_client
 
 CHECK_TIMEOUT_S = 20.0
 _file_pool = BlockingPool("dest-check", threads=1, waiting_max=16)
@@ -59,30 +59,12 @@ async def check_destination(destination: dict[str, Any]) -> str | None:
 
 
 async def _check_s3(destination: dict[str, Any]) -> None:
-    session = aioboto3.Session()
-    url = destination.get("endpoint_url")
-    config = Config(
-        s3={"addressing_style": "path" if destination["path_style"] else "auto"},
+    async with assumed_s3_client(
+        destination,
+        session_name="edgemq-validation",
         retries={"max_attempts": 2, "mode": "standard"},
         connect_timeout=5,
         read_timeout=10,
-    )
-    async with session.client("sts", region_name=destination["region"], endpoint_url=url) as sts:
-        assumed = await sts.assume_role(
-            RoleArn=destination["role_arn"],
-            RoleSessionName="edgemq-validation",
-            ExternalId=destination["external_id"],
-            DurationSeconds=900,
-        )
-    creds = assumed["Credentials"]
-    async with session.client(
-        "s3",
-        region_name=destination["region"],
-        endpoint_url=url,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        config=config,
     ) as s3:
         key = _test_key(destination["prefix"])
         extra: dict[str, str] = {"ServerSideEncryption": "AES256"}
