@@ -118,6 +118,17 @@ def is_uuid(value: object) -> bool:
         return False
 
 
+def is_region_code(value: object) -> bool:
+    """A region is three lowercase ASCII letters (iad, fra, lhr)."""
+    return (
+        isinstance(value, str)
+        and len(value) == 3
+        and value.isascii()
+        and value.isalpha()
+        and value.islower()
+    )
+
+
 def require_scope(principal: Principal, *allowed: str) -> None:
     if not principal.scopes & set(allowed):
         raise Forbidden(f"this operation needs the {' or '.join(allowed)} scope")

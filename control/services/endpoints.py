@@ -27,6 +27,7 @@ from .common import (
     body_object,
     check_id,
     fmt_ts,
+    is_region_code,
     is_uuid,
     new_id,
     not_found,
@@ -192,13 +193,7 @@ async def _check_body(
     out: dict[str, Any] = {}
     if create:
         region = body.get("region")
-        if not (
-            isinstance(region, str)
-            and len(region) == 3
-            and region.isascii()
-            and region.isalpha()
-            and region.islower()
-        ):
+        if not is_region_code(region):
             problems.append(problem("body.region", "must be a three-letter lowercase region code"))
         else:
             out["region"] = region

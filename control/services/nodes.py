@@ -17,6 +17,7 @@ from ..errors import problem
 from .common import (
     Context,
     body_object,
+    is_region_code,
     new_id,
     not_found,
     now_ms,
@@ -45,13 +46,7 @@ async def register(ctx: Context, principal: Principal, body: object) -> dict[str
         data, {"node_id", "region", "http_url", "mqtt_url", "ipv4", "ipv6", "version"}, problems
     )
     region = data.get("region")
-    if not (
-        isinstance(region, str)
-        and len(region) == 3
-        and region.isascii()
-        and region.isalpha()
-        and region.islower()
-    ):
+    if not is_region_code(region):
         problems.append(problem("body.region", "must be a three-letter lowercase region code"))
     node_id = data.get("node_id") or new_id()
     if not isinstance(node_id, str) or len(node_id) > 64:

@@ -37,7 +37,6 @@ class Database(Executor, Protocol):
         """`async with db.transaction() as tx:` — tx has fetchall/fetchone/execute."""
         ...
 
-    async def executescript(self, statements: Sequence[str]) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -113,11 +112,6 @@ class SqliteDatabase:
         for callback in tx.after_commit:
             callback()
 
-    async def executescript(self, statements: Sequence[str]) -> None:
-        async with self.transaction() as tx:
-            for statement in statements:
-                await tx.execute(statement)
-
     async def close(self) -> None:
         if self._conn is not None:
             await self._pool.run(self._conn.close)
@@ -189,11 +183,6 @@ class PostgresDatabase:
                 yield tx
         for callback in tx.after_commit:
             callback()
-
-    async def executescript(self, statements: Sequence[str]) -> None:
-        async with self.transaction() as tx:
-            for statement in statements:
-                await tx.execute(statement)
 
     async def close(self) -> None:
         await self._pool.close()
