@@ -54,6 +54,7 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> None:
     settings = settings or ControlSettings(public_url=f"http://{host}:{port}")
     async with open_context(database_url, settings) as ctx:
@@ -66,13 +67,14 @@ async def serve(
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         if ready is not None:
             ready.set()
         try:
             await stop.wait()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             await runner.cleanup()

@@ -40,6 +40,41 @@ def _control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import replace
+
+    from ingest.settings import Limits, NodeSettings
+
+    from .node_cmd import run_node, use_uvloop
+
+    limits = replace(
+        Limits(),
+        body_bytes_max=args.body_bytes_max,
+        unshipped_bytes_max=args.unshipped_bytes_max,
+        disk_reserve_bytes=args.disk_reserve_bytes,
+        inflight_bytes_max=args.inflight_bytes_max,
+    )
+    settings = NodeSettings(
+        data_dir=args.data_dir,
+        control_url=args.control_url,
+        node_key=args.node_key,
+        region=args.region,
+        host=args.host,
+        http_port=args.http_port,
+        mqtt_port=args.mqtt_port,
+        advertise_host=args.advertise_host or None,
+        segment_bytes_min=args.segment_bytes_min,
+        drain_deadline_s=args.drain_deadline_s,
+        limits=limits,
+    )
+    if not settings.node_key:
+        print("edgemq node: --node-key (or EDGEMQ_NODE_KEY) is required", file=sys.stderr)
+        return 2
+    use_uvloop()
+    return asyncio.run(run_node(settings))
+
+
 def _admin(args: argparse.Namespace) -> int:
     import asyncio
     import json
@@ -90,6 +125,55 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(control, "--host", default="127.0.0.1", help="address to listen on")
     add_option(control, "--port", default=8081, type=int, help="port to listen on")
     control.set_defaults(func=_control)
+
+    node = commands.add_parser("node", help="run an ingest node (HTTP ingest, WAL, delivery)")
+    add_option(node, "--control-url", default="http://127.0.0.1:8081", help="control plane URL")
+    add_option(node, "--node-key", default="", help="API key with the node scope")
+    add_option(node, "--region", default="loc", help="region code this node serves")
+    add_option(node, "--data-dir", default="./edgemq-node", help="WAL, outbox, node id")
+    add_option(node, "--host", default="127.0.0.1", help="address to listen on")
+    add_option(node, "--http-port", default=8080, type=int, help="HTTP ingest port")
+    add_option(node, "--mqtt-port", default=1883, type=int, help="MQTT port")
+    add_option(node, "--advertise-host", default="", help="address announced to the control plane")
+    add_option(
+        node,
+        "--segment-bytes-min",
+        default=8 * 1024 * 1024,
+        type=int,
+        help="lower bound for endpoints' segment_bytes",
+    )
+    add_option(
+        node,
+        "--drain-deadline-s",
+        default=30.0,
+        type=float,
+        help="SIGTERM: seal and deliver for at most this long",
+    )
+    add_option(
+        node, "--body-bytes-max", default=10 * 1024 * 1024, type=int, help="request body bound"
+    )
+    add_option(
+        node,
+        "--unshipped-bytes-max",
+        default=2048 * 1024 * 1024,
+        type=int,
+        help="per-endpoint WAL backlog bound (503 beyond)",
+    )
+    add_option(
+        node,
+        "--disk-reserve-bytes",
+        default=512 * 1024 * 1024,
+        type=int,
+        help="free disk kept (503 below)",
+    )
+    add_option(
+        node,
+        "--inflight-bytes-max",
+        default=256 * 1024 * 1024,
+        type=int,
+        help="bytes waiting for fsync across the node (503 beyond)",
+    )
+    node.set_defaults(func=_node)
 
     admin = commands.add_parser("admin", help="operator commands on the control store")
     add_option(

@@ -43,7 +43,7 @@ from .frame import (
     encode_records,
     encode_topic_frame,
 )
-from .log import AppendAck, WalSettings, WriteAheadLog
+from .log import AppendAck, BatchStats, WalSettings, WriteAheadLog
 from .reader import StreamReader, detect_layout, iter_frames, open_segment_stream
 from .recovery import RecoveryReport
 from .segment import SealedSegment
@@ -52,6 +52,7 @@ __all__ = [
     "FMT_RECORD",
     "FMT_TOPIC",
     "AppendAck",
+    "BatchStats",
     "CorruptFrame",
     "Frame",
     "FrameError",

@@ -35,6 +35,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -94,13 +95,24 @@ class _Pending:
 class _Batch:
     """Appends written together; `seq`/`offset` say where (set by the writer thread)."""
 
-    __slots__ = ("items", "nbytes", "offset", "seq")
+    __slots__ = ("items", "nbytes", "offset", "seq", "sync_s")
 
     def __init__(self, items: list[_Pending], nbytes: int, seq: int, offset: int) -> None:
         self.items = items
         self.nbytes = nbytes
         self.seq = seq
         self.offset = offset
+        self.sync_s = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """One group commit, reported to `on_batch` on the loop: appends it acknowledged,
+    bytes written and how long its fdatasync took."""
+
+    appends: int
+    nbytes: int
+    sync_s: float
 
 
 class WriteAheadLog:
@@ -116,8 +128,10 @@ class WriteAheadLog:
         fileops: FileOps,
         loop: asyncio.AbstractEventLoop,
         on_sealed: Callable[[SealedSegment], None] | None,
+        on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.directory = directory
+        self._on_batch = on_batch
         self.epoch = state.epoch
         self.recovery: RecoveryReport = state.report
         self._clock = clock
@@ -160,6 +174,7 @@ class WriteAheadLog:
         clock: Clock = SYSTEM_CLOCK,
         fileops: FileOps = OS_FILE_OPS,
         on_sealed: Callable[[SealedSegment], None] | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
         initial_epoch: int | None = None,
     ) -> WriteAheadLog:
         """Recover `directory` (see wal.recovery) and start the writer thread."""
@@ -176,6 +191,7 @@ class WriteAheadLog:
             fileops=fileops,
             loop=loop,
             on_sealed=on_sealed,
+            on_batch=on_batch,
         )
         await loop.run_in_executor(None, wal._open_segment_sync)
         wal._thread.start()
@@ -239,6 +255,16 @@ class WriteAheadLog:
         return self._sealed_bytes + self._size + self._pending_bytes
 
     @property
+    def open_segment_bytes(self) -> int:
+        """Bytes fsynced into the open segment (read without a lock: a gauge value)."""
+        return self._size
+
+    def open_segment_age_s(self) -> float:
+        """Seconds since the open segment's first write, 0 when it is empty."""
+        opened = self._opened_at
+        return 0.0 if opened is None else max(0.0, self._clock.monotonic() - opened)
+
+    @property
     def open_seq(self) -> int:
         return self._seq
 
@@ -288,6 +314,8 @@ class WriteAheadLog:
                 item.future.set_result(AppendAck(self.epoch, batch.seq, offset, item.frames))
             offset += len(item.data)
         self._pending_bytes -= batch.nbytes
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(len(batch.items), batch.nbytes, batch.sync_s))
 
     def _sealed_segment(self, segment: SealedSegment) -> None:
         self._sealed[segment.seq] = segment
@@ -390,7 +418,9 @@ class WriteAheadLog:
                 if synced is not None:  # pipelining: ack N while N+1 is on its way
                     self._post(self._acknowledge, synced)
                     synced = None
+                started = time.perf_counter()
                 self._file.sync()
+                batch.sync_s = time.perf_counter() - started
                 self._size += batch.nbytes
                 self._frames += sum(i.frames for i in items)
                 synced, batch = batch, None

@@ -1,0 +1,204 @@
+"""HTTP ingest (DESIGN.md §3) and the node's operational endpoints.
+
+`POST /ingest/{endpoint_id}` and `POST /ingest` (endpoint = first label of `Host`).
+Order of checks, cheapest first, so a refused request costs little and writes nothing:
+auth (401/403) → endpoint known and the caller's (else 404, same for another
+account's endpoint) → content type
+(415) → declared length (413) → admission (503) → body read under a deadline (408,
+413) → decode and validate (400/413/415) → admission again with the real size → one
+WAL append for all records → 200 after the fsync covering them.
+
+Header deadline: aiohttp's keep-alive timer also closes a connection that has not
+delivered a complete request head within `keepalive_timeout`, so the node sets it to
+`header_timeout_s` (idle keep-alive connections are closed after the same time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from wal import WalClosed, WalFailed, WalFull
+
+from .auth import AuthError
+from .body import BodyError, content_kind, decode_content, split_records
+
+if TYPE_CHECKING:
+    from .node import Node
+
+OFFLOAD_BODY_BYTES = 256 * 1024
+"""Bodies larger than this are decoded and validated in a thread."""
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", object)  # type: ignore[arg-type]
+
+
+def error_response(
+    status: int, code: str, message: str, *, retry_after_s: int | None = None, **extra: object
+) -> web.Response:
+    body: dict[str, object] = {"status": status, "code": code, "message": message, **extra}
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": body}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def host_label(host: str | None) -> str | None:
+    if not host:
+        return None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    label = name.split(".", 1)[0]
+    return label or None
+
+
+def _refuse(node: Node, reason: str) -> web.Response:
+    node.admission.refused(reason)
+    messages = {
+        "draining": "the node is shutting down",
+        "wal_failed": "the endpoint's write-ahead log failed on this node",
+        "disk": "the node is low on disk space",
+        "backlog": "the endpoint's delivery backlog is full",
+        "inflight": "the node is at its in-flight limit",
+        "wal_full": "the endpoint's write-ahead log queue is full",
+    }
+    return error_response(
+        503,
+        "overloaded" if reason not in ("draining", "wal_failed") else reason,
+        messages.get(reason, reason) + "; retry later",
+        retry_after_s=node.settings.limits.retry_after_s,
+        reason=reason,
+    )
+
+
+async def ingest(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    limits = node.settings.limits
+    endpoint_id = request.match_info.get("endpoint_id") or host_label(request.host)
+    try:
+        # Credentials first: without them nobody learns which endpoint ids exist.
+        caller = node.auth.authenticate_headers(
+            request.headers.get("X-API-Key"), request.headers.get("Authorization")
+        )
+        found = node.endpoints.snapshot.endpoint(endpoint_id) if endpoint_id else None
+        endpoint = node.auth.authorize(caller, found if found and found.accepting else None)
+    except AuthError as err:
+        return error_response(err.status, err.code, err.message)
+    try:
+        kind = content_kind(request.headers.get("Content-Type"))
+    except BodyError as err:
+        return web.json_response(err.to_json(), status=err.status)
+    declared = request.content_length
+    if declared is not None and declared > limits.body_bytes_max:
+        return error_response(
+            413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
+        )
+    runtime = node.endpoints.get(endpoint.id) or await node.endpoints.open(endpoint.id)
+    wal = runtime.wal
+    reason = node.admission.refuse_reason(wal, declared or 0)
+    if reason is not None:
+        return _refuse(node, reason)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            data = await request.read()
+    except TimeoutError:
+        return error_response(408, "body_timeout", "the body did not arrive in time")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
+        )
+    encoding = request.headers.get("Content-Encoding")
+
+    def parse() -> list[bytes]:
+        return split_records(
+            decode_content(data, encoding, node.body_limits), kind, node.body_limits
+        )
+
+    try:
+        records = await asyncio.to_thread(parse) if len(data) > OFFLOAD_BODY_BYTES else parse()
+    except BodyError as err:
+        return web.json_response(err.to_json(), status=err.status)
+    nbytes = sum(map(len, records))
+    reason = node.admission.refuse_reason(wal, nbytes)
+    if reason is not None:
+        return _refuse(node, reason)
+    started = time.perf_counter()
+    try:
+        future = wal.append(records, tenant=endpoint.tenant)
+    except WalFull:
+        return _refuse(node, "wal_full")
+    except WalFailed:
+        return _refuse(node, "wal_failed")
+    except WalClosed:
+        return _refuse(node, "draining")
+    admission = node.admission
+    admission.add_inflight(nbytes)
+    future.add_done_callback(lambda _: admission.done_inflight(nbytes))
+    try:
+        ack = await asyncio.shield(future)
+    except WalFailed:
+        return _refuse(node, "wal_failed")
+    except WalClosed:
+        return _refuse(node, "draining")
+    metrics = node.metrics
+    metrics.append_latency.observe(time.perf_counter() - started)
+    metrics.records_in.labels(endpoint.id, "http").inc(len(records))
+    metrics.bytes_in.labels(endpoint.id, "http").inc(nbytes)
+    return web.json_response(
+        {"accepted": len(records), "bytes": nbytes, "segment_seq": ack.seq, "epoch": ack.epoch}
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    node.refresh_gauges()
+    return web.Response(body=node.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    problems = node.readiness_problems()
+    if problems:
+        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready", "config_epoch": node.config_epoch})
+
+
+@web.middleware
+async def count_and_shape_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests by route and status; aiohttp's own 404/405/413 answers in the JSON shape."""
+    node = request.app[NODE_KEY]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as err:
+        response = error_response(err.status, err.reason.lower().replace(" ", "_"), err.reason)
+        if err.status == 405:
+            response.headers["Allow"] = err.headers.get("Allow", "")
+    node.metrics.requests.labels(route, str(response.status)).inc()
+    return response
+
+
+def build_app(node: Node) -> web.Application:
+    app = web.Application(
+        client_max_size=node.settings.limits.body_bytes_max,
+        middlewares=[count_and_shape_errors],
+    )
+    app[NODE_KEY] = node
+    app.router.add_post("/ingest", ingest)
+    app.router.add_post("/ingest/{endpoint_id}", ingest)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
