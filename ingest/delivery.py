@@ -161,6 +161,7 @@ class EndpointDelivery:
                 kind, delay = "store", backoff.next_delay_s()
                 self.error = f"store: {err}"
             except RequiredViewFailed as err:
+                deps.metrics.view_failures.labels(err.view_id, "true").inc()
                 kind, delay = "required_view", backoff.next_delay_s()
                 self.error = f"required view failed: {err}"
             except _NoDestination:
@@ -229,6 +230,12 @@ class EndpointDelivery:
             built = await self._build(sealed, destination.prefix, work_dir)
             built_at = time.perf_counter()
             deps.metrics.stage_seconds.labels("build").observe(built_at - started)
+            for stage in ("decode", "segments", "parquet", "views"):
+                if stage in built.timings_ms:
+                    deps.metrics.stage_seconds.labels(stage).observe(built.timings_ms[stage] / 1000)
+            for outcome in built.views:
+                if outcome.error_code is not None:
+                    deps.metrics.view_failures.labels(outcome.view_id, "false").inc()
             store = await deps.stores.get(destination)
             for artifact in built.artifacts:
                 await store.put_file(
