@@ -4,7 +4,6 @@ an `EDGEMQ_*` environment variable."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -103,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgemq", description="Self-hosted EdgeMQ: HTTP/MQTT in, query-ready S3 out."
     )
     add_option(parser, "--log-level", default="WARNING", help="logging level")
+    add_option(parser, "--log-format", default="text", help="text or json (one object per line)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run everything on this machine with embedded defaults")
@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from .logs import configure
+
+    configure(args.log_level, args.log_format)
     try:
         code = args.func(args)
     except BrokenPipeError:
