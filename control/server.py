@@ -58,7 +58,8 @@ async def serve(
 ) -> None:
     settings = settings or ControlSettings(public_url=f"http://{host}:{port}")
     async with open_context(database_url, settings) as ctx:
-        runner = web.AppRunner(create_app(ctx), access_log=None)
+        # Long polls in flight are cut after a short grace instead of holding the exit.
+        runner = web.AppRunner(create_app(ctx), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

@@ -125,30 +125,42 @@ def _read(path: str) -> dict[str, Any] | None:
     return data
 
 
+def _double_quoted(text: str) -> str:
+    """`text` in shell double quotes when that is safe, else shlex-quoted."""
+    if any(c in text for c in '"$`\\!'):
+        return shlex.quote(text)
+    return f'"{text}"'
+
+
 def next_steps(boot: dict[str, Any], path: str) -> str:
     """What to try next, printed on every start (the key itself stays in the file)."""
     endpoint = boot["endpoint_id"]
     raw_dir = os.path.join(boot["output_dir"], LOCAL_BUCKET, LOCAL_REGION, endpoint, "parquet")
     view_dir = os.path.join(boot["output_dir"], LOCAL_BUCKET, "views", "demo_events", "v1")
     get = "python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])'"
-    body = '{"event":"signup","user_id":"u1","value":1.5}\n{"event":"click","user_id":"u2","value":2}\n'
+    records = [
+        '{"event":"signup","user_id":"u1","value":1.5}',
+        '{"event":"click","user_id":"u2","value":2}',
+    ]
     query = (
-        f"import duckdb; print(duckdb.sql(\"SELECT * FROM read_parquet('{raw_dir}/*/*.parquet')\")); "
-        f"print(duckdb.sql(\"SELECT * FROM read_parquet('{view_dir}/*.parquet')\"))"
+        f"import duckdb; print(duckdb.read_parquet('{raw_dir}/*/*.parquet')); "
+        f"print(duckdb.read_parquet('{view_dir}/*.parquet'))"
     )
-    python = shlex.quote(sys.executable)
     return "\n".join(
         [
             "send events (NDJSON; acknowledged after fsync):",
             f"  KEY=$({get} {shlex.quote(path)} api_key)",
-            f"  printf {shlex.quote(body)} | curl -s {boot['ingest_url']}/ingest/{endpoint} "
-            '-H "X-API-Key: $KEY" -H "Content-Type: application/x-ndjson" --data-binary @-',
-            f"Parquet appears within ~{DEMO_SEGMENT_AGE_S + 1} s under {boot['output_dir']}/{LOCAL_BUCKET}/:",
+            "  printf '%s\\n' " + " ".join(shlex.quote(r) for r in records) + " |",
+            f'    curl -s {boot["ingest_url"]}/ingest/{endpoint} -H "X-API-Key: $KEY" '
+            '-H "Content-Type: application/x-ndjson" --data-binary @-',
+            f"Parquet appears within ~{DEMO_SEGMENT_AGE_S + 1} s under "
+            f"{boot['output_dir']}/{LOCAL_BUCKET}/:",
             f"  raw:  {raw_dir}/dt=YYYY-MM-DD/*.parquet",
             f"  view: {view_dir}/*.parquet",
             "query it with DuckDB:",
-            f"  {python} -c {shlex.quote(query)}",
-            f"control API: {boot['control_url']}  (OpenAPI: {boot['control_url']}/openapi/edgemq-openapi.json)",
+            f"  {shlex.quote(sys.executable)} -c {_double_quoted(query)}",
+            f"control API: {boot['control_url']}  "
+            f"(OpenAPI: {boot['control_url']}/openapi/edgemq-openapi.json)",
             "Ctrl-C drains the node and stops.",
         ]
     )

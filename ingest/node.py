@@ -179,6 +179,7 @@ class Node:
             access_log=None,
             keepalive_timeout=s.limits.header_timeout_s,
             handle_signals=False,
+            shutdown_timeout=2.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.http_port, backlog=1024)

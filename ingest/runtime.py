@@ -161,8 +161,8 @@ class Endpoints:
             on_batch=on_batch,
         )
         report = wal.recovery
-        if report.bytes_cut or report.open_segments:
-            log.warning("endpoint %s WAL recovery: %s", endpoint_id, report.summary())
+        level = logging.WARNING if report.bytes_cut else logging.INFO
+        log.log(level, "endpoint %s WAL recovery: %s", endpoint_id, report.summary())
         metrics.recovery_bytes_cut.inc(report.bytes_cut)
         delivery = EndpointDelivery(endpoint_id, wal, self._deps)
         holder.append(delivery)
