@@ -2,11 +2,12 @@
 
 `POST /ingest/{endpoint_id}` and `POST /ingest` (endpoint = first label of `Host`).
 Order of checks, cheapest first, so a refused request costs little and writes nothing:
-auth (401/403) → endpoint known and the caller's (else 404, same for another
-account's endpoint) → content type
-(415) → declared length (413) → admission (503) → body read under a deadline (408,
-413) → decode and validate (400/413/415) → admission again with the real size → one
-WAL append for all records → 200 after the fsync covering them.
+a config snapshot applied (else 503 `not_ready`: a node that knows no keys yet must not
+call valid credentials invalid) → auth (401/403) → endpoint known and the caller's (else
+404, same for another account's endpoint) → content type (415) → declared length (413)
+→ admission (503) → body read under a deadline (408, 413) → decode and validate
+(400/413/415) → admission again with the real size → one WAL append for all records →
+200 after the fsync covering them.
 
 Header deadline: aiohttp's keep-alive timer also closes a connection that has not
 delivered a complete request head within `keepalive_timeout`, so the node sets it to
@@ -27,6 +28,7 @@ from wal import WalClosed, WalFailed, WalFull
 
 from .auth import AuthError
 from .body import BodyError, content_kind, decode_content, split_records
+from .mqtt.websocket import websocket_handler
 
 if TYPE_CHECKING:
     from .node import Node
@@ -66,10 +68,12 @@ def _refuse(node: Node, reason: str) -> web.Response:
         "backlog": "the endpoint's delivery backlog is full",
         "inflight": "the node is at its in-flight limit",
         "wal_full": "the endpoint's write-ahead log queue is full",
+        "no_config": "the node has no configuration from the control plane yet",
     }
+    codes = {"draining": "draining", "wal_failed": "wal_failed", "no_config": "not_ready"}
     return error_response(
         503,
-        "overloaded" if reason not in ("draining", "wal_failed") else reason,
+        codes.get(reason, "overloaded"),
         messages.get(reason, reason) + "; retry later",
         retry_after_s=node.settings.limits.retry_after_s,
         reason=reason,
@@ -80,6 +84,10 @@ async def ingest(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     limits = node.settings.limits
     endpoint_id = request.match_info.get("endpoint_id") or host_label(request.host)
+    if node.config_epoch == 0:
+        # No snapshot yet (a first start still reaching the control plane): this node
+        # knows no keys and no endpoints, which says nothing about the request.
+        return _refuse(node, "no_config")
     try:
         # Credentials first: without them nobody learns which endpoint ids exist.
         caller = node.auth.authenticate_headers(
@@ -201,4 +209,5 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/mqtt", websocket_handler(node))  # MQTT over WebSocket (ingest/mqtt)
     return app

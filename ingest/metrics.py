@@ -135,6 +135,37 @@ class NodeMetrics:
         self.quarantined = Counter(
             "edgemq_segments_quarantined", "Sealed segments found corrupt", registry=r
         )
+        # MQTT (ingest/mqtt): counted per read or per batch, never per message.
+        self.mqtt_connections = Gauge(
+            "edgemq_mqtt_connections", "Open MQTT sockets", ["transport"], registry=r
+        )
+        self.mqtt_packets = Counter(
+            "edgemq_mqtt_packets", "MQTT packets received, by type", ["type"], registry=r
+        )
+        self.mqtt_refused = Counter(
+            "edgemq_mqtt_refused",
+            "MQTT connections refused (CONNACK failure or closed before CONNECT), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_disconnects = Counter(
+            "edgemq_mqtt_disconnects",
+            "MQTT connections closed by the node, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_held = Counter(
+            "edgemq_mqtt_held",
+            "Reads held back (socket paused, retried) because the node could not take them",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_ack_seconds = Histogram(
+            "edgemq_mqtt_ack_seconds",
+            "From reading a QoS 1/2 PUBLISH batch to writing its PUBACK/PUBREC (after fsync)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

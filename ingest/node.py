@@ -33,6 +33,7 @@ from .control_client import ControlClient
 from .delivery import DeliveryDeps
 from .http_app import build_app
 from .metrics import NodeMetrics
+from .mqtt.listener import MqttListener
 from .outbox import Outbox
 from .runtime import Endpoints
 from .settings import NodeSettings
@@ -89,6 +90,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.endpoints: Endpoints
+        self.mqtt = MqttListener(self)  # TCP/TLS servers start in start(), after HTTP
         self.outbox: Outbox
         self.sync: ConfigSync
         self.started = False
@@ -184,6 +186,7 @@ class Node:
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.http_port, backlog=1024)
         await site.start()
+        await self.mqtt.start()
         port = self.bound_port
         advertise = s.advertise_host or s.host
         self.http_url = f"http://{advertise}:{port}"
@@ -193,7 +196,7 @@ class Node:
             registration={
                 "region": s.region,
                 "http_url": self.http_url,
-                "mqtt_url": f"mqtt://{advertise}:{s.mqtt_port}",
+                "mqtt_url": self.mqtt.url(advertise),
                 "ipv4": [advertise] if _is_ipv4(advertise) else [],
                 "version": VERSION,
             },
@@ -228,6 +231,7 @@ class Node:
         """Stop taking data, seal, deliver and report until the deadline. True when
         everything held was delivered and acknowledged."""
         self.admission.draining = True
+        await self.mqtt.drain()  # owed PUBACKs flushed, then DISCONNECT 0x8B
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_deadline_s
         with contextlib.suppress(Exception):
@@ -248,6 +252,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.mqtt.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

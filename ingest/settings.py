@@ -52,6 +52,36 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The MQTT listener (docs/mqtt.md). Per-endpoint limits come from `mqtt_config`."""
+
+    tls_cert_path: str | None = None
+    """PEM certificate chain; with `tls_key_path`, MQTT over TLS is served on `tls_port`."""
+    tls_key_path: str | None = None
+    """PEM private key of `tls_cert_path`."""
+    tls_port: int = 8883
+    """MQTT over TLS (only when a certificate and key are configured; 0 = any free port)."""
+    max_packet_bytes: int = 256 * 1024
+    """Largest packet taken (v5 Maximum Packet Size; 0x95 / disconnect beyond it)."""
+    connections_max: int = 100_000
+    """Open MQTT sockets (TCP, TLS, WebSocket) across the node; more are closed at once."""
+    connecting_max: int = 1024
+    """Sockets that have not completed CONNECT yet; more are closed at once (flood guard)."""
+    connect_timeout_s: float = 10.0
+    """A socket must send its CONNECT (and finish a TLS handshake) within this time."""
+    receive_maximum: int = 1024
+    """Per connection: QoS 1/2 messages not yet acknowledged (advertised as v5 Receive
+    Maximum, exceeding it is 0x93; reading stops there for 3.1.1 clients). Also bounds
+    the QoS 2 packet ids remembered until PUBREL."""
+    topic_alias_max: int = 16
+    """v5 Topic Alias Maximum advertised in CONNACK (aliases held per connection)."""
+    drain_ack_wait_s: float = 2.0
+    """Drain, token expiry, takeover: wait this long for pending PUBACKs, then disconnect."""
+    tick_s: float = 0.5
+    """How often keep-alive, CONNECT deadlines and token expiry are checked."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSettings:
     data_dir: str
     """WAL, outbox, node id and the last config snapshot live here."""
@@ -60,7 +90,8 @@ class NodeSettings:
     region: str
     host: str = "127.0.0.1"
     http_port: int = 8080
-    mqtt_port: int = 1883
+    mqtt_port: int = 0
+    """MQTT over TCP; 0 picks a free port (in-process tests; the CLI's default is 1883)."""
     advertise_host: str | None = None
     """Address put into `dns_ipv4` / the registered URLs (default: host)."""
     segment_bytes_min: int = 8 * MIB
@@ -72,3 +103,4 @@ class NodeSettings:
     control_timeout_s: float = 10.0
     limits: Limits = field(default_factory=Limits)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
