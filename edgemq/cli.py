@@ -43,7 +43,7 @@ def _node(args: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import replace
 
-    from ingest.settings import Limits, NodeSettings
+    from ingest.settings import Limits, MqttSettings, NodeSettings
 
     from .node_cmd import run_node, use_uvloop
 
@@ -66,6 +66,11 @@ def _node(args: argparse.Namespace) -> int:
         segment_bytes_min=args.segment_bytes_min,
         drain_deadline_s=args.drain_deadline_s,
         limits=limits,
+        mqtt=MqttSettings(
+            tls_cert_path=args.mqtt_tls_cert or None,
+            tls_key_path=args.mqtt_tls_key or None,
+            tls_port=args.mqtt_tls_port,
+        ),
     )
     if not settings.node_key:
         print("edgemq node: --node-key (or EDGEMQ_NODE_KEY) is required", file=sys.stderr)
@@ -134,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(node, "--host", default="127.0.0.1", help="address to listen on")
     add_option(node, "--http-port", default=8080, type=int, help="HTTP ingest port")
     add_option(node, "--mqtt-port", default=1883, type=int, help="MQTT port")
+    add_option(node, "--mqtt-tls-cert", default="", help="PEM certificate chain for MQTT over TLS")
+    add_option(node, "--mqtt-tls-key", default="", help="PEM private key for MQTT over TLS")
+    add_option(
+        node,
+        "--mqtt-tls-port",
+        default=8883,
+        type=int,
+        help="MQTT over TLS port (served when a certificate and key are given)",
+    )
     add_option(node, "--advertise-host", default="", help="address announced to the control plane")
     add_option(
         node,
