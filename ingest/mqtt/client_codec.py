@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .codec import (
+    PROPERTY_TYPES,
     U16,
     PropertyValue,
     Reader,
@@ -19,10 +20,12 @@ from .codec import (
     encode_properties,
     encode_string,
     fixed_header,
+    read_properties,
 )
 from .packets import MQTT_5, MQTT_311
 
 Props = list[tuple[int, PropertyValue]]
+ANY_PROPERTY = frozenset(PROPERTY_TYPES)
 
 
 def connect(
@@ -150,9 +153,7 @@ def decode_connack(body: bytes, v5: bool) -> ConnAck:
 
 
 def _any_properties(r: Reader) -> dict[int, PropertyValue]:
-    from .codec import PROPERTY_TYPES, read_properties
-
-    return read_properties(r, frozenset(PROPERTY_TYPES), "a server packet")
+    return read_properties(r, ANY_PROPERTY, "a server packet")
 
 
 def decode_ack(body: bytes) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from .codec import (
     ACK_PROPS,
     CONNECT_PROPS,
     DISCONNECT_PROPS,
-    MALFORMED_PACKET,
     NOT_AUTHORIZED,
     PACKET_ID_NOT_FOUND,
     PUBLISH_PROPS,
@@ -259,7 +258,7 @@ def decode_subscribe(flags: int, body: bytes, v5: bool) -> Subscribe:
         if v5 and (options >> 4) & 0x03 == 3:
             raise MalformedPacket("retain handling 3")
     if not filters:
-        raise ProtocolError("SUBSCRIBE without a topic filter", MALFORMED_PACKET)
+        raise ProtocolError("SUBSCRIBE without a topic filter")
     return Subscribe(packet_id, tuple(filters), SUBSCRIPTION_IDENTIFIER in props)
 
 
@@ -278,7 +277,7 @@ def decode_unsubscribe(flags: int, body: bytes, v5: bool) -> tuple[int, int]:
         r.string("a topic filter")
         count += 1
     if not count:
-        raise ProtocolError("UNSUBSCRIBE without a topic filter", MALFORMED_PACKET)
+        raise ProtocolError("UNSUBSCRIBE without a topic filter")
     return packet_id, count
 
 
