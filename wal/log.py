@@ -142,6 +142,11 @@ class WriteAheadLog:
         self._limits = settings  # pending_bytes_max / retry_after_s for append()
         self._sealed: dict[int, SealedSegment] = {s.seq: s for s in state.sealed}
         self._sealed_bytes = sum(s.size_bytes for s in state.sealed)
+        # Bytes sealed by the writer thread (written only there) and bytes of those
+        # seals the loop has taken over into `_sealed_bytes` (written only on the loop):
+        # their difference covers the moment between a seal and its loop callback.
+        self._sealed_by_writer = 0
+        self._sealed_seen_by_loop = 0
         self._pending_bytes = 0  # queued + in flight, not yet acknowledged
         self._done: asyncio.Future[None] = loop.create_future()
         # Shared (GIL-atomic reads/writes, deque ops; the condition guards sleeping).
@@ -252,7 +257,8 @@ class WriteAheadLog:
     @property
     def unshipped_bytes(self) -> int:
         """Bytes on disk or queued that are not committed yet (exact between batches)."""
-        return self._sealed_bytes + self._size + self._pending_bytes
+        in_handover = self._sealed_by_writer - self._sealed_seen_by_loop
+        return self._sealed_bytes + in_handover + self._size + self._pending_bytes
 
     @property
     def open_segment_bytes(self) -> int:
@@ -320,6 +326,7 @@ class WriteAheadLog:
     def _sealed_segment(self, segment: SealedSegment) -> None:
         self._sealed[segment.seq] = segment
         self._sealed_bytes += segment.size_bytes
+        self._sealed_seen_by_loop += segment.size_bytes
         if self._on_sealed is not None:
             self._on_sealed(segment)
 
@@ -457,6 +464,7 @@ class WriteAheadLog:
         sealed_path = os.path.join(self.directory, sealed_name(seq))
         self._fileops.rename(os.path.join(self.directory, open_name(seq)), sealed_path)
         segment = SealedSegment(seq, self.epoch, sealed_path, self._size, self._frames)
+        self._sealed_by_writer += self._size  # before `_size` is reset below
         self._seq = seq + 1
         self._settings = self._next_settings
         self._frames = 0

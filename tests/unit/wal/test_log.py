@@ -206,3 +206,20 @@ async def test_unshipped_bytes_count_sealed_open_and_queued_data(tmp_path: Path)
     await wal.mark_committed(1)
     assert wal.unshipped_bytes == 31
     await wal.close()
+
+
+async def test_unshipped_bytes_count_a_segment_between_its_seal_and_the_loop_taking_it_over(
+    tmp_path: Path,
+) -> None:
+    """The writer seals right after the fsync that fills a segment; until the loop runs
+    the seal callback, the sealed bytes must still count (they did not, once)."""
+    for trial in range(40):
+        wal = await WriteAheadLog.open(
+            str(tmp_path / f"w{trial}"), settings=WalSettings(segment_bytes=64)
+        )
+        try:
+            ack = await wal.append([b"x" * 100], tenant=1)
+            assert wal.unshipped_bytes >= 100 + 21, f"trial {trial}: {wal.unshipped_bytes}"
+            assert ack.seq == 1
+        finally:
+            await wal.close()
