@@ -34,6 +34,9 @@ LOCAL_BUCKET = "edgemq-local"
 LOCAL_REGION = "loc"
 DEMO_SEGMENT_AGE_S = 2
 DEMO_SEGMENT_BYTES = 1024 * 1024
+FIRST_SNAPSHOT_TIMEOUT_S = 30.0
+"""How long a start waits for the node's first config snapshot before printing the
+next steps (the control plane runs in the same process: normally milliseconds)."""
 DEMO_VIEW = {
     "columns": [
         {"name": "event", "type": "VARCHAR", "path": "$.event", "required": True},
@@ -96,13 +99,19 @@ async def _bootstrap(
     return {
         "account_id": account["id"],
         "api_key": key["api_key"],
-        "control_url": f"http://{host}:{ports['control']}",
-        "ingest_url": f"http://{host}:{ports['ingest']}",
-        "mqtt_url": f"mqtt://{host}:{ports['mqtt']}",
+        **_urls(host, ports["control"], ports["ingest"], ports["mqtt"]),
         "endpoint_id": endpoint["id"],
         "destination_id": dest["id"],
         "view_id": view["id"],
         "output_dir": output_dir,
+    }
+
+
+def _urls(host: str, control_port: int, ingest_port: int, mqtt_port: int) -> dict[str, str]:
+    return {
+        "control_url": f"http://{host}:{control_port}",
+        "ingest_url": f"http://{host}:{ingest_port}",
+        "mqtt_url": f"mqtt://{host}:{mqtt_port}",
     }
 
 
@@ -194,7 +203,11 @@ async def run_up(
         print(f"first start: created an account, an API key and a demo endpoint ({path})")
         print(f"API key (shown once, also in {BOOTSTRAP}): {boot['api_key']}")
     else:
-        if await _ensure_node_key(database_url, settings, boot):
+        # Same account, key and endpoint; the addresses are this start's.
+        urls = _urls(host, control_port, ingest_port, mqtt_port)
+        moved = any(boot.get(k) != v for k, v in urls.items())
+        boot.update(urls)
+        if await _ensure_node_key(database_url, settings, boot) or moved:
             await asyncio.to_thread(_write_private, path, boot)
         print(f"reusing {path}")
     shown = {k: v for k, v in boot.items() if k not in ("api_key", "node_key")}
@@ -241,6 +254,18 @@ async def run_up(
         if control.done():
             control.result()  # the control plane failed to start: raise its error
         await node.start()
+        # The key in the next steps works once the node holds a config snapshot.
+        waiters = [
+            asyncio.create_task(node.sync.first_snapshot.wait()),
+            asyncio.create_task(stop.wait()),
+        ]
+        _, pending = await asyncio.wait(
+            waiters, timeout=FIRST_SNAPSHOT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in pending:
+            waiter.cancel()
+        if not node.sync.first_snapshot.is_set() and not stop.is_set():
+            log.warning("the node has no config snapshot yet; ingest answers 503 until it has")
         print(
             f"ingest node {node.node_id} on {node.http_url}; control plane on {boot['control_url']}"
         )
