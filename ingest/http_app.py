@@ -106,9 +106,9 @@ async def ingest(request: web.Request) -> web.Response:
         return error_response(
             413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
         )
-    runtime = node.endpoints.get(endpoint.id) or await node.endpoints.open(endpoint.id)
-    wal = runtime.wal
-    reason = node.admission.refuse_reason(wal, declared or 0)
+    # The WAL is opened only for a request that will be appended (refusals open nothing).
+    runtime = node.endpoints.get(endpoint.id)
+    reason = node.admission.refuse_reason(runtime.wal if runtime else None, declared or 0)
     if reason is not None:
         return _refuse(node, reason)
     try:
@@ -132,6 +132,11 @@ async def ingest(request: web.Request) -> web.Response:
     except BodyError as err:
         return web.json_response(err.to_json(), status=err.status)
     nbytes = sum(map(len, records))
+    if runtime is None:
+        if node.admission.draining:
+            return _refuse(node, "draining")
+        runtime = await node.endpoints.open(endpoint.id)
+    wal = runtime.wal
     reason = node.admission.refuse_reason(wal, nbytes)
     if reason is not None:
         return _refuse(node, reason)

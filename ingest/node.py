@@ -32,6 +32,7 @@ from .body import BodyLimits
 from .control_client import ControlClient
 from .delivery import DeliveryDeps
 from .http_app import build_app
+from .http_server import JsonErrorRunner
 from .metrics import NodeMetrics
 from .mqtt.listener import MqttListener
 from .outbox import Outbox
@@ -176,7 +177,7 @@ class Node:
             self.metrics.config_epoch.set(persisted.config_epoch)
         await self.endpoints.open_existing()
 
-        self._runner = web.AppRunner(
+        self._runner = JsonErrorRunner(
             build_app(self),
             access_log=None,
             keepalive_timeout=s.limits.header_timeout_s,

@@ -139,11 +139,13 @@ class Outbox:
         if not batch:
             return False
         await self._client.report_commits(self._node_id, [r.body for r in batch])
-        for report in batch:
-            await self._on_acked(report)
-            await asyncio.to_thread(self._remove_sync, report)
-            self._pending.pop(report.file_name, None)
-        self._changed()
+        try:
+            for report in batch:
+                await self._on_acked(report)
+                await asyncio.to_thread(self._remove_sync, report)
+                self._pending.pop(report.file_name, None)
+        finally:
+            self._changed()
         return True
 
     async def run(self) -> None:
@@ -156,8 +158,10 @@ class Outbox:
                     await self._send_once()
                     self._backoff.reset()
                     self.last_error = None
-                except (ControlUnavailable, ControlRejected) as err:
-                    # A 4xx is a bug on one side; keep the data and keep trying slowly.
+                except (ControlUnavailable, ControlRejected, OSError) as err:
+                    # A 4xx is a bug on one side; an OSError is the local delete of an
+                    # acknowledged segment failing. Either way the report stays queued
+                    # (re-sending is idempotent) and we keep trying slowly.
                     self.last_error = str(err)
                     log.warning("commit report failed (%d queued): %s", len(self._pending), err)
                     await asyncio.sleep(self._backoff.next_delay_s())
