@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.sandbox import SandboxLimits
+from shared import failpoints
 from shared.backoff import Backoff
 from shared.clock import Clock
 from wal import SealedSegment, WriteAheadLog
@@ -236,6 +237,7 @@ class EndpointDelivery:
             for outcome in built.views:
                 if outcome.error_code is not None:
                     deps.metrics.view_failures.labels(outcome.view_id, "false").inc()
+            failpoints.hit("delivery.after_build")
             store = await deps.stores.get(destination)
             for artifact in built.artifacts:
                 await store.put_file(
@@ -244,6 +246,8 @@ class EndpointDelivery:
                     content_type=artifact.content_type,
                     metadata=dict(artifact.metadata),
                 )
+                failpoints.hit("delivery.mid_upload")
+            failpoints.hit("delivery.before_manifest")
             uploaded_at = time.perf_counter()
             deps.metrics.stage_seconds.labels("upload").observe(uploaded_at - built_at)
             committed_ms = deps.clock.time_ms()
@@ -271,6 +275,7 @@ class EndpointDelivery:
             )
             encoded = encode_manifest(manifest)
             await store.put_bytes(key, encoded, content_type="application/json")
+            failpoints.hit("delivery.after_manifest")
             done = time.perf_counter()
             deps.metrics.stage_seconds.labels("manifest").observe(done - uploaded_at)
             report = self._report(

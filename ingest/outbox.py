@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shared import failpoints
 from shared.backoff import Backoff
 
 from .control_client import ControlClient, ControlRejected, ControlUnavailable
@@ -139,9 +140,11 @@ class Outbox:
         if not batch:
             return False
         await self._client.report_commits(self._node_id, [r.body for r in batch])
+        failpoints.hit("outbox.after_ack")
         try:
             for report in batch:
                 await self._on_acked(report)
+                failpoints.hit("outbox.mid_delete")
                 await asyncio.to_thread(self._remove_sync, report)
                 self._pending.pop(report.file_name, None)
         finally:

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from shared import failpoints
 from shared.clock import SYSTEM_CLOCK, Clock
 
 from .errors import WalClosed, WalFailed, WalFull
@@ -425,9 +426,11 @@ class WriteAheadLog:
                 if synced is not None:  # pipelining: ack N while N+1 is on its way
                     self._post(self._acknowledge, synced)
                     synced = None
+                failpoints.hit("wal.before_fsync")
                 started = time.perf_counter()
                 self._file.sync()
                 batch.sync_s = time.perf_counter() - started
+                failpoints.hit("wal.after_fsync")
                 self._size += batch.nbytes
                 self._frames += sum(i.frames for i in items)
                 synced, batch = batch, None
@@ -463,6 +466,7 @@ class WriteAheadLog:
         seq = self._seq
         sealed_path = os.path.join(self.directory, sealed_name(seq))
         self._fileops.rename(os.path.join(self.directory, open_name(seq)), sealed_path)
+        failpoints.hit("wal.mid_seal")
         segment = SealedSegment(seq, self.epoch, sealed_path, self._size, self._frames)
         self._sealed_by_writer += self._size  # before `_size` is reset below
         self._seq = seq + 1
