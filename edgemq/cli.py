@@ -53,6 +53,8 @@ def _node(args: argparse.Namespace) -> int:
         unshipped_bytes_max=args.unshipped_bytes_max,
         disk_reserve_bytes=args.disk_reserve_bytes,
         inflight_bytes_max=args.inflight_bytes_max,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
     )
     settings = NodeSettings(
         data_dir=args.data_dir,
@@ -186,6 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 * 1024 * 1024,
         type=int,
         help="bytes waiting for fsync across the node (503 beyond)",
+    )
+    add_option(
+        node,
+        "--header-timeout-s",
+        default=10.0,
+        type=float,
+        help="a connection must deliver a complete request head within this time",
+    )
+    add_option(
+        node,
+        "--body-timeout-s",
+        default=30.0,
+        type=float,
+        help="a request body must arrive within this time (408 otherwise)",
     )
     node.set_defaults(func=_node)
 
