@@ -35,6 +35,7 @@ class Admission:
         self.limits = limits
         self._metrics = metrics
         self.inflight_bytes = 0
+        metrics.inflight_bytes.set_function(lambda: self.inflight_bytes)  # read at scrape
         self.free_disk_bytes: int | None = None
         self.draining = False
 
@@ -58,11 +59,9 @@ class Admission:
 
     def add_inflight(self, nbytes: int) -> None:
         self.inflight_bytes += nbytes
-        self._metrics.inflight_bytes.set(self.inflight_bytes)
 
     def done_inflight(self, nbytes: int) -> None:
         self.inflight_bytes -= nbytes
-        self._metrics.inflight_bytes.set(self.inflight_bytes)
 
     async def watch_disk(
         self,

@@ -309,7 +309,7 @@ def build_artifacts(
     prefix: str,
     work_dir: str,
     limits: SandboxLimits,
-    zstd_level: int = 3,
+    zstd_level: int = 1,
 ) -> SegmentArtifacts:
     """Build every artifact of `segment` for the given formats and bindings (blocking).
 
@@ -338,9 +338,9 @@ def _run(build: _Build, formats: set[str], bindings: Sequence[Binding]) -> Segme
     run_views = "parquet_views" in formats and bool(bindings)
     artifacts: list[Artifact] = []
     outcomes: list[ViewOutcome] = []
-    # One helper thread: zstd of the segment, then the raw Parquet, while this thread
-    # decodes and runs the views. Leaving the `with` waits for it, also on errors.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifacts") as helper:
+    # Two helper threads: zstd of the segment and the raw Parquet, while this thread
+    # decodes and runs the views. Leaving the `with` waits for them, also on errors.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="artifacts") as helper:
         segment_job = (
             helper.submit(_timed, lambda: build.segment_file(buf))
             if "segments" in formats

@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,10 @@ from shared.tokens import TokenError, Verifier
 from .snapshot import EMPTY, Endpoint, IngestKey, Snapshot
 
 INGEST_SCOPE = "ingest"
+
+
+KNOWN_CALLERS_MAX = 10_000
+"""Bound on remembered callers (the cache is dropped whole when full)."""
 
 
 class AuthError(Exception):
@@ -73,11 +78,15 @@ class IngestAuth:
         self._jwks: dict[str, Any] | None = None
         self._verifier = Verifier({})
         self._keys: dict[str, IngestKey] = {}
+        # Callers already checked, by the exact secret (cleared with every snapshot):
+        # a hot client pays the SHA-256 or the RS256 verification once, not per request.
+        self._known: dict[str, Caller] = {}
         self.jwks_error: str | None = None
         self.update(snapshot)
 
     def update(self, snapshot: Snapshot) -> None:
         self._keys = {k.digest: k for k in snapshot.ingest_keys}
+        self._known = {}
         if snapshot.jwks == self._jwks:
             return
         try:
@@ -113,16 +122,30 @@ class IngestAuth:
     def authorize(self, caller: Caller, endpoint: Endpoint | None) -> Endpoint:
         return authorize(caller, endpoint)
 
+    def _remember(self, secret: str, caller: Caller) -> Caller:
+        if len(self._known) >= KNOWN_CALLERS_MAX:
+            self._known.clear()
+        self._known[secret] = caller
+        return caller
+
     def _api_key(self, key: str) -> Caller:
+        known = self._known.get(key)
+        if known is not None:
+            return known
         digest = key_digest(key)
         found = self._keys.get(digest)
         if found is None or not digests_equal(found.digest, digest):
             raise _unauthorized("invalid API key")
         if INGEST_SCOPE not in found.scopes:
             raise _unauthorized("invalid API key")
-        return Caller(found.account_id, "api_key")
+        return self._remember(key, Caller(found.account_id, "api_key"))
 
     def _token(self, token: str, now: int | None) -> Caller:
+        known = self._known.get(token)
+        if known is not None and known.expires_at is not None:
+            if known.expires_at > (time.time() if now is None else now):
+                return known
+            del self._known[token]
         try:
             claims = self._verifier.verify(token, now=now)
         except TokenError as err:
@@ -131,7 +154,7 @@ class IngestAuth:
             raise _unauthorized("token expired")
         if INGEST_SCOPE not in claims.scopes:
             raise AuthError(403, "forbidden", "the token does not carry the ingest scope")
-        return Caller(claims.account_id, "jwt", claims.expires_at)
+        return self._remember(token, Caller(claims.account_id, "jwt", claims.expires_at))
 
 
 def authorize(caller: Caller, endpoint: Endpoint | None) -> Endpoint:

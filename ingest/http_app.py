@@ -17,6 +17,7 @@ delivered a complete request head within `keepalive_timeout`, so the node sets i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from .mqtt.websocket import websocket_handler
 if TYPE_CHECKING:
     from .node import Node
 
+_content_kind = functools.lru_cache(maxsize=256)(content_kind)  # bounded; errors not cached
 OFFLOAD_BODY_BYTES = 256 * 1024
 """Bodies larger than this are decoded and validated in a thread."""
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", object)  # type: ignore[arg-type]
@@ -93,12 +95,12 @@ async def ingest(request: web.Request) -> web.Response:
         caller = node.auth.authenticate_headers(
             request.headers.get("X-API-Key"), request.headers.get("Authorization")
         )
-        found = node.endpoints.snapshot.endpoint(endpoint_id) if endpoint_id else None
+        found = node.endpoints.lookup(endpoint_id) if endpoint_id else None
         endpoint = node.auth.authorize(caller, found if found and found.accepting else None)
     except AuthError as err:
         return error_response(err.status, err.code, err.message)
     try:
-        kind = content_kind(request.headers.get("Content-Type"))
+        kind = _content_kind(request.headers.get("Content-Type"))
     except BodyError as err:
         return web.json_response(err.to_json(), status=err.status)
     declared = request.content_length
@@ -112,8 +114,11 @@ async def ingest(request: web.Request) -> web.Response:
     if reason is not None:
         return _refuse(node, reason)
     try:
-        async with asyncio.timeout(limits.body_timeout_s):
+        if request.content.is_eof():  # already buffered (small bodies): no timer needed
             data = await request.read()
+        else:
+            async with asyncio.timeout(limits.body_timeout_s):
+                data = await request.read()
     except TimeoutError:
         return error_response(408, "body_timeout", "the body did not arrive in time")
     except web.HTTPRequestEntityTooLarge:
@@ -158,10 +163,7 @@ async def ingest(request: web.Request) -> web.Response:
         return _refuse(node, "wal_failed")
     except WalClosed:
         return _refuse(node, "draining")
-    metrics = node.metrics
-    metrics.append_latency.observe(time.perf_counter() - started)
-    metrics.records_in.labels(endpoint.id, "http").inc(len(records))
-    metrics.bytes_in.labels(endpoint.id, "http").inc(nbytes)
+    node.metrics.ingested(endpoint.id, "http", len(records), nbytes, time.perf_counter() - started)
     return web.json_response(
         {"accepted": len(records), "bytes": nbytes, "segment_seq": ack.seq, "epoch": ack.epoch}
     )
@@ -199,7 +201,7 @@ async def count_and_shape_errors(
         response = error_response(err.status, err.reason.lower().replace(" ", "_"), err.reason)
         if err.status == 405:
             response.headers["Allow"] = err.headers.get("Allow", "")
-    node.metrics.requests.labels(route, str(response.status)).inc()
+    node.metrics.request_done(route, response.status)
     return response
 
 

@@ -32,6 +32,8 @@ SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 class NodeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._ingest_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self._request_children: dict[tuple[str, int], Counter] = {}
         self.requests = Counter(
             "edgemq_http_requests",
             "HTTP requests by route and status",
@@ -166,6 +168,29 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+
+    # Hot-path helpers: labelled children are looked up once and kept (prometheus_client's
+    # `labels()` costs a lock and a dict lookup per call).
+    def ingested(
+        self, endpoint: str, transport: str, records: int, nbytes: int, latency_s: float
+    ) -> None:
+        key = (endpoint, transport)
+        children = self._ingest_children.get(key)
+        if children is None:
+            children = self._ingest_children[key] = (
+                self.records_in.labels(endpoint, transport),
+                self.bytes_in.labels(endpoint, transport),
+            )
+        children[0].inc(records)
+        children[1].inc(nbytes)
+        self.append_latency.observe(latency_s)
+
+    def request_done(self, route: str, status: int) -> None:
+        key = (route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status))
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

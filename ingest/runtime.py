@@ -60,6 +60,7 @@ class Endpoints:
         self._metrics = metrics
         self._clock = clock
         self.snapshot: Snapshot = EMPTY
+        self._by_id: dict[str, Endpoint] = {}
         self._last_known: dict[str, Endpoint] = {}
         self._runtimes: dict[str, EndpointRuntime] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -67,8 +68,12 @@ class Endpoints:
         self._closing = False
 
     # ---------------------------------------------------------------- config
+    def lookup(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint in the applied snapshot (O(1))."""
+        return self._by_id.get(endpoint_id)
+
     def current(self, endpoint_id: str) -> Endpoint | None:
-        return self.snapshot.endpoint(endpoint_id) or self._last_known.get(endpoint_id)
+        return self._by_id.get(endpoint_id) or self._last_known.get(endpoint_id)
 
     def wal_settings(self, endpoint: Endpoint) -> WalSettings:
         limits = self._settings.limits
@@ -86,6 +91,7 @@ class Endpoints:
     def apply(self, snapshot: Snapshot) -> None:
         """A new snapshot: remember it; sealing thresholds change at the next rotation."""
         self.snapshot = snapshot
+        self._by_id = {e.id: e for e in snapshot.endpoints}
         for endpoint in snapshot.endpoints:
             self._last_known[endpoint.id] = endpoint
             runtime = self._runtimes.get(endpoint.id)

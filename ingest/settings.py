@@ -41,7 +41,7 @@ class DeliverySettings:
     """Delay between attempts after a permanent store error (the data is kept)."""
     report_batch_max: int = 100
     """Commits per report call to the control plane."""
-    zstd_level: int = 3
+    zstd_level: int = 1
     """Compression level of the `segments` artifact."""
     view_threads: int = 2
     """Threads of the DuckDB sandbox running one view."""
