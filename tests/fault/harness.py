@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import random
+import sqlite3
 import time
 import urllib.parse
 import uuid
@@ -555,20 +556,38 @@ class Harness:
             return []
         return sorted(int(p.name[4:12]) for p in wal_dir.iterdir() if p.name.endswith(".wal"))
 
-    def reports_without_segment(self) -> tuple[int, list[str]]:
+    def queued_reports(self) -> set[str]:
+        """File names of the commit reports waiting in the outbox (blocking)."""
+        outbox = self.data_dir / "outbox"
+        return {n for n in os.listdir(outbox) if n.endswith(".json")} if outbox.is_dir() else set()
+
+    def reports_without_segment(self) -> tuple[set[str], list[str]]:
         """(queued reports, the ones whose local segment is already gone) — blocking.
         The WAL directory is listed before the outbox: a report acknowledged in between
         loses its segment and then its file, never the other way round."""
         wal_dir = self.data_dir / "wal" / self.lake.endpoint_id
         names = set(os.listdir(wal_dir)) if wal_dir.is_dir() else set()
-        outbox = self.data_dir / "outbox"
-        reports = sorted(n for n in os.listdir(outbox) if n.endswith(".json"))
+        reports = self.queued_reports()
         missing = []
-        for name in reports:
+        for name in sorted(reports):
             _, _, seq = name.removesuffix(".json").split("~")
             if f"seg-{int(seq):08d}.wal" not in names:
                 missing.append(name)
-        return len(reports), missing
+        return reports, missing
+
+    def node_id(self) -> str:
+        return (self.data_dir / "node_id").read_text().strip()
+
+    def db_commit_dups(self) -> int:
+        """Rows beyond the first per (endpoint, node, epoch, seq) in the control plane's
+        SQLite `commits` table, read directly (blocking)."""
+        path = self.api.database_url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM commits "
+                "GROUP BY endpoint_id, node_id, epoch, seq)"
+            ).fetchone()
+        return int(row[0])
 
     async def endpoint_status(self) -> str:
         got = await self.api.call("GET", f"/v1/endpoints/{self.lake.endpoint_id}")

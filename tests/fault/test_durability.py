@@ -9,21 +9,21 @@ kill -9 tests recovery, not fsync: the killed process's page cache still reaches
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fault.harness import (
-    OK,
     Harness,
+    Outcome,
     failed_statuses,
     long_tier,
     percentile,
 )
+from tests.support.ledger import load_manifests
 from tests.support.moto_server import MotoServer
-from tests.support.processes import NodeChild
 
 DUR01_CYCLES = 30
 DUR01_LONG_CYCLES = 300
@@ -40,7 +40,7 @@ async def _kill_loop(tmp_path: Path, moto: MotoServer, seed: int, cycles: int) -
         assert h.node is not None
         recoveries: list[float] = []
         instants: list[float] = []
-        async with h.traffic(writers=2) as t:
+        async with h.traffic(writers=4) as t:
             for _ in range(cycles):
                 await t.more_acked(5)
                 instant_s = rng.uniform(*KILL_INSTANT_S)
@@ -82,3 +82,134 @@ async def test_dur01_long_three_hundred_kill_nine_cycles_lose_no_acknowledged_re
     tmp_path: Path, moto: MotoServer, seed: int
 ) -> None:
     await _kill_loop(tmp_path, moto, seed, DUR01_LONG_CYCLES)
+
+
+# ------------------------------------------------------------------------ DUR-03
+CRASH_POINTS = {
+    # name: (crash on this hit, what a restart re-uploads: "none", "some" or "any")
+    "wal.before_fsync": (20, "any"),  # batch in the page cache, fdatasync not called
+    "wal.after_fsync": (20, "any"),  # fsynced, acknowledgements not posted
+    "wal.mid_seal": (2, "any"),  # renamed to .wal, directory not fsynced
+    "delivery.after_build": (1, "none"),  # artifacts built, nothing uploaded
+    "delivery.mid_upload": (1, "some"),  # the first artifact stored
+    "delivery.before_manifest": (1, "some"),  # every artifact stored, no manifest
+    "delivery.after_manifest": (1, "some"),  # manifest stored, report not queued
+    "outbox.after_ack": (1, "none"),  # acknowledged, segment not deleted
+    "outbox.mid_delete": (1, "none"),  # segment deleted, report file not removed
+}
+
+
+@pytest.mark.parametrize("failpoint", sorted(CRASH_POINTS))
+async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys(
+    tmp_path: Path, moto: MotoServer, seed: int, failpoint: str
+) -> None:
+    """The node runs with `<failpoint>=crash@n` (os._exit(137) at that step, no cleanup),
+    is restarted without it, drains; then nothing acknowledged is lost, no manifest or
+    commit row is orphaned, and every key a re-delivery wrote is a key the first
+    attempt wrote (one manifest per (node, epoch, seq)). A report already queued in
+    the outbox means no second upload at all."""
+    nth, reupload = CRASH_POINTS[failpoint]
+    loop = asyncio.get_running_loop()
+    async with Harness(tmp_path, moto, "DUR-03", seed=seed) as h:
+        assert h.node is not None
+        await h.start_node(failpoints=f"{failpoint}=crash@{nth}")
+        async with h.traffic(writers=2) as t:
+            code = await h.node.wait_exit(60)
+            acked_before_crash = t.acked
+            keys_before_crash = await asyncio.to_thread(h.s3_puts)
+            restarted = loop.time()
+            h.node.start()  # without the failpoint
+            recovery_s = await t.ok_after(restarted)
+            await t.more_acked(20)
+        await h.drain()
+        result = await h.reconcile()
+        manifests = await asyncio.to_thread(load_manifests, h._reader())
+        node_ids = {m.node_id for m in manifests.values()}
+        puts = {
+            k: n
+            for k, n in (await asyncio.to_thread(h.s3_puts)).items()
+            if any(node_id in k for node_id in node_ids)
+        }
+        rewritten = sorted(k for k, n in puts.items() if n > 1)
+        per_segment = collections.Counter((m.node_id, m.epoch, m.seq) for m in manifests.values())
+        fired = h.node_log_count(f"failpoint {failpoint} fired: crash")
+        h.report(
+            result,
+            failpoint=failpoint,
+            crash_on_hit=nth,
+            exit_code=code,
+            fired=fired,
+            acked_before_crash=acked_before_crash,
+            objects_before_crash=len(keys_before_crash),
+            recovery_s=round(recovery_s, 3),
+            keys_written=len(puts),
+            keys_rewritten=len(rewritten),
+            manifests_per_segment_max=max(per_segment.values()),
+        )
+        assert (code, fired) == (CRASH_EXIT, 1), h.logs()
+        h.assert_clean(result)
+        assert max(per_segment.values()) == 1, per_segment
+        listed = set(await asyncio.to_thread(h._reader().list_keys))
+        assert set(puts) <= listed, sorted(set(puts) - listed)
+        if reupload == "none":
+            assert rewritten == [], rewritten
+        elif reupload == "some":
+            assert rewritten, f"{failpoint}: the restart did not deliver the segment again"
+            assert set(rewritten) <= set(keys_before_crash), rewritten
+        if failpoint.startswith("wal."):
+            assert acked_before_crash > 0, "the crash came after some acknowledged data"
+
+
+# ------------------------------------------------------------------------ DUR-05
+def _after_sigterm(outcome: Outcome) -> str:
+    if outcome.status == 200:
+        return "200"
+    if outcome.status == 503:
+        return f"503 {outcome.reason or outcome.code}"
+    if outcome.status is not None:
+        return str(outcome.status)
+    kind = (outcome.error or "?").split(":")[0]
+    return "refused" if kind == "ClientConnectorError" else kind
+
+
+async def test_dur05_sigterm_under_load_answers_200_or_503_draining_and_exits_zero_in_time(
+    tmp_path: Path, moto: MotoServer, seed: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline_s = 20.0
+    async with Harness(tmp_path, moto, "DUR-05", seed=seed, drain_deadline_s=deadline_s) as h:
+        assert h.node is not None
+        await h.start_node()
+        async with h.traffic(writers=4) as t:
+            await t.more_acked(100)
+            sigterm_at = loop.time()
+            code = await h.node.terminate(timeout_s=deadline_s + 15)
+            exit_s = loop.time() - sigterm_at
+            exited_at = loop.time()
+            # The writers keep going until they have found the port closed.
+            await t.until(
+                lambda: any(o.started > exited_at for o in t.outcomes),
+                what="a request after the exit",
+            )
+        after = collections.Counter(_after_sigterm(o) for o in t.outcomes if o.ended > sigterm_at)
+        in_flight = collections.Counter(
+            _after_sigterm(o) for o in t.outcomes if o.started < sigterm_at < o.ended
+        )
+        held = await asyncio.to_thread(h.held)
+        result = await h.reconcile()
+        h.report(
+            result,
+            exit_code=code,
+            exit_s=round(exit_s, 2),
+            drain_deadline_s=deadline_s,
+            in_flight_at_sigterm=dict(in_flight),
+            answers_after_sigterm=dict(after),
+            held_after_exit=len(held),
+        )
+        assert code == 0, h.logs()
+        assert exit_s < deadline_s + 5, exit_s
+        assert held == [], held
+        assert set(in_flight) <= {"200", "503 draining"}, in_flight
+        assert set(after) <= {"200", "503 draining", "refused"}, after
+        assert after["503 draining"] > 0, after
+        h.assert_clean(result, duplicates=False)
