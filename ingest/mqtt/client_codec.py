@@ -87,8 +87,10 @@ def pubrel(packet_id: int) -> bytes:
     return b"\x62\x02" + U16.pack(packet_id)
 
 
-def subscribe(packet_id: int, filters: list[tuple[str, int]], *, v5: bool = False) -> bytes:
-    body = U16.pack(packet_id) + (encode_properties([]) if v5 else b"")
+def subscribe(
+    packet_id: int, filters: list[tuple[str, int]], *, v5: bool = False, props: Props | None = None
+) -> bytes:
+    body = U16.pack(packet_id) + (encode_properties(props or []) if v5 else b"")
     for topic_filter, options in filters:
         body += encode_string(topic_filter) + bytes((options,))
     return fixed_header(0x82, len(body)) + body

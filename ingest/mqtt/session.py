@@ -47,7 +47,10 @@ from .packets import (
     PACKET_NAMES,
     PINGREQ,
     PINGRESP_BYTES,
+    PUBACK,
+    PUBCOMP,
     PUBLISH,
+    PUBREC,
     PUBREL,
     SUBSCRIBE,
     UNSUBSCRIBE,
@@ -275,6 +278,8 @@ class MqttSession(asyncio.Protocol):
             raise ProtocolError("a second CONNECT")
         elif kind == AUTH and v5:
             raise ProtocolError("AUTH without an authentication method")
+        elif kind in (PUBACK, PUBREC, PUBCOMP):
+            raise ProtocolError(f"{PACKET_NAMES[kind]} for a PUBLISH the server never sent")
         else:
             raise MalformedPacket(f"a client does not send {PACKET_NAMES.get(kind, kind)}")
 

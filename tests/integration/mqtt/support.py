@@ -1,30 +1,27 @@
 """Helpers for the MQTT integration tests: a control plane + node with MQTT-enabled
-endpoints, a raw-socket MQTT client, a self-signed certificate, and readers of the raw
-Parquet the node delivered to the local store."""
+endpoints (and ways to add or change endpoints while it runs), a raw-socket MQTT client,
+and readers of the raw Parquet the node delivered to the local store."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import msgspec
 
 from ingest.mqtt import client_codec as cc
 from ingest.node import Node
 from ingest.settings import MqttSettings
+from ingest.snapshot import Endpoint
 from tests.support.stack import ControlPlane, control_plane, node_settings, running_node, wait_for
+from wal import WriteAheadLog
 
 MQTT_ON = {"enabled": True, "max_connections": 100, "keepalive_max_s": 300, "qos_max": 2}
 
@@ -35,6 +32,7 @@ class Stack:
     node: Node
     endpoint: dict[str, Any]
     out: Path
+    destination_id: str
     extra: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -45,19 +43,29 @@ class Stack:
     def endpoint_id(self) -> str:
         return str(self.endpoint["id"])
 
-    async def appends(self, endpoint_id: str | None = None) -> list[int]:
-        """A list that records the byte size of every later append to the endpoint's WAL."""
+    async def wal(self, endpoint_id: str | None = None) -> WriteAheadLog:
         runtime = await self.node.endpoints.open(endpoint_id or self.endpoint_id)
-        wal, sizes = runtime.wal, []
-        original = wal.append_encoded
+        return runtime.wal
 
-        def counting(data: bytes, frames: int) -> Any:
-            future = original(data, frames)
-            sizes.append(len(data))
-            return future
+    async def new_endpoint(self, **mqtt_config: Any) -> str:
+        """A further endpoint with `mqtt_config` (None: MQTT off), once the node has it."""
+        config = None if mqtt_config.get("off") else {**MQTT_ON, **mqtt_config}
+        made = await self.cp.endpoint(self.destination_id, mqtt_config=config)
+        await self.wait_config(made["id"], lambda e: e is not None)
+        return str(made["id"])
 
-        wal.append_encoded = counting  # type: ignore[method-assign]
-        return sizes
+    async def patch_endpoint(self, endpoint_id: str, mqtt_config: dict[str, Any] | None) -> None:
+        body = {"mqtt_config": None if mqtt_config is None else {**MQTT_ON, **mqtt_config}}
+        await self.cp.call("PATCH", f"/v1/endpoints/{endpoint_id}", body)
+        await self.wait_config(
+            endpoint_id, lambda e: e is not None and _mqtt(e) == body["mqtt_config"]
+        )
+
+    async def wait_config(self, endpoint_id: str, check: Callable[[Endpoint | None], bool]) -> None:
+        await wait_for(
+            lambda: check(self.node.endpoints.snapshot.endpoint(endpoint_id)),
+            what=f"endpoint {endpoint_id} config in the node's snapshot",
+        )
 
     async def raw(self, *, v5: bool = False, **connect: Any) -> RawClient:
         """A raw client, CONNECTed with the account's key (asserts success)."""
@@ -65,6 +73,11 @@ class Stack:
         ack = await client.connect(password=connect.pop("password", self.cp.api_key), **connect)
         assert ack.code == 0, ack
         return client
+
+
+def _mqtt(endpoint: Endpoint) -> dict[str, Any] | None:
+    config = endpoint.mqtt_config
+    return None if config is None else msgspec.structs.asdict(config)
 
 
 @asynccontextmanager
@@ -101,7 +114,10 @@ async def mqtt_stack(
                     lambda: node.endpoints.snapshot.endpoint(made[0]["id"]).bindings,
                     what="the binding in the node's snapshot",
                 )
-            yield Stack(cp, node, made[0], out, made[1:])
+            yield Stack(cp, node, made[0], out, dest["id"], made[1:])
+        # Idle keep-alive connections would hold the control plane's graceful shutdown
+        # for its full 2 s grace.
+        await cp.session.close()
 
 
 class RawClient:
@@ -221,52 +237,3 @@ async def wait_rows(
         check, timeout_s=30, what=f"{len(expected)} rows in raw Parquet"
     )
     return found
-
-
-@dataclass(frozen=True)
-class Certificate:
-    cert_path: Path
-    key_path: Path
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.cert_path))
-        context.check_hostname = False
-        return context
-
-
-def self_signed(directory: Path) -> Certificate:
-    """A self-signed CA-capable certificate for localhost, 127.0.0.1 and *.mqtt.test."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName("*.mqtt.test"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "mqtt-cert.pem", directory / "mqtt-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Certificate(cert_path, key_path)

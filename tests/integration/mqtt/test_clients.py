@@ -20,7 +20,8 @@ from amqtt.mqtt.constants import QOS_1, QOS_2
 
 from ingest.settings import MqttSettings
 
-from .support import Certificate, Stack, mqtt_stack, self_signed, wait_rows
+from .support import Stack, mqtt_stack, wait_rows
+from .tls import Certificate, self_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 TRANSPORTS = ["tcp", "tls", "ws"]
