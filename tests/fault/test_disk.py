@@ -30,9 +30,6 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.ingest.node_process import ROOT, NodeProcess
+from tests.fault.traced_node import Node
 from tests.support.ledger import (
     INDETERMINATE,
     Ledger,
@@ -68,54 +65,6 @@ def _seed() -> int:
     seed = int(os.environ.get("EDGEMQ_TEST_SEED") or random.randrange(2**32))
     print(f"seed={seed} (replay with EDGEMQ_TEST_SEED={seed})")
     return seed
-
-
-# ------------------------------------------------------------------- the node
-class Node(NodeProcess):
-    """A NodeProcess whose command can be prefixed (strace) and whose log can live
-    off the data directory's file system."""
-
-    def __init__(self, *, log_path: Path | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if log_path is not None:
-            self.log_path = log_path
-        self.prefix: list[str] = []
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- start {self.starts} {' '.join(self.prefix)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "edgemq", "node"],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def node_pid(self) -> int:
-        """The node's pid: the child itself, or the tracee of a prefixing strace."""
-        assert self.proc is not None
-        if not self.prefix:
-            return self.proc.pid
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        pids = children.read_text().split()
-        assert len(pids) == 1, f"strace has children {pids}"
-        return int(pids[0])
-
-    async def kill(self) -> int:
-        """SIGKILL the node (not a tracer in front of it) and reap."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            os.kill(self.node_pid(), signal.SIGKILL)
-        return await self._wait(30.0)
-
-    async def readyz(self, session: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
-        async with session.get(self.url + "/readyz", timeout=aiohttp.ClientTimeout(total=5)) as r:
-            return r.status, await r.json()
 
 
 # ------------------------------------------------------------------- the load

@@ -24,6 +24,7 @@ Randomised instants print their seed; replay with EDGEMQ_TEST_SEED.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -39,10 +40,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from shared.clock import SYSTEM_CLOCK
 from tests.fault.power_child import TENANT, record
+from tests.fault.traced_node import Node
+from tests.support.ledger import Ledger
 from tests.support.loopfs import (
     MIB,
     LoopMount,
@@ -53,7 +57,9 @@ from tests.support.loopfs import (
     run,
     snapshot_scratch,
 )
+from tests.support.postgres import free_port
 from tests.support.report import report
+from tests.support.stack import control_plane
 from wal.errors import FrameError, WalStateError
 from wal.fileops import OS_FILE_OPS
 from wal.reader import iter_frames
@@ -67,6 +73,8 @@ CYCLES = 10
 LONG_CYCLES = 120
 CONTROL_CYCLES = 3
 IMAGE_BYTES = 64 * MIB
+LONG_IMAGE_BYTES = {"ext4": 128 * MIB, "xfs": 320 * MIB, "btrfs": 160 * MIB}
+"""XFS and btrfs refuse file systems under 300 MB and 114 MB."""
 IDS_PER_CYCLE = 10_000_000
 KEEP_SEGMENTS = 6
 """Segments kept after a verified cut; older ones are deleted like committed ones."""
@@ -451,12 +459,14 @@ def _assert_no_loss(result: CutRun) -> None:
     assert result.acks_checked > 0
 
 
-def _run_pwr02(tmp_path: Path, cycles: int, fs: str, scenario: str) -> None:
+def _run_pwr02(
+    tmp_path: Path, cycles: int, fs: str, scenario: str, image_bytes: int = IMAGE_BYTES
+) -> None:
     tools = {"ext4": ("mkfs.ext4", "e2fsck"), "xfs": ("mkfs.xfs", "xfs_repair")}
     _skip_without("losetup", "mount", "umount", *tools.get(fs, ("mkfs.btrfs", "btrfs")))
     seed = _seed()
     started = time.monotonic()
-    result = power_cuts(tmp_path, random.Random(seed), cycles, fs=fs)
+    result = power_cuts(tmp_path, random.Random(seed), cycles, fs=fs, image_bytes=image_bytes)
     report(scenario, seed=seed, runtime_s=round(time.monotonic() - started, 1), **result.figures())
     _assert_no_loss(result)
 
@@ -472,7 +482,7 @@ def test_acknowledged_records_survive_power_cuts_of_a_loop_mounted_ext4_image(
 @pytest.mark.skipif(not LONG, reason=LONG_REASON)
 @pytest.mark.parametrize("fs", ["ext4", "xfs", "btrfs"])
 def test_acknowledged_records_survive_hundreds_of_power_cuts(tmp_path: Path, fs: str) -> None:
-    _run_pwr02(tmp_path, LONG_CYCLES, fs, f"PWR-02-long-{fs}")
+    _run_pwr02(tmp_path, LONG_CYCLES, fs, f"PWR-02-long-{fs}", LONG_IMAGE_BYTES[fs])
 
 
 def test_the_power_cut_harness_sees_loss_when_fsync_is_disabled(tmp_path: Path) -> None:
@@ -498,7 +508,7 @@ def test_the_power_cut_harness_sees_loss_when_fsync_is_disabled(tmp_path: Path) 
 
 # --------------------------------------------------------------- the fsync audit
 STRACE_LINE = re.compile(r"^(\d+)\s+(.*)$")
-CALL = re.compile(r"^(\w+)\((?:(\d+)<([^>]*)>)?(.*)$")
+CALL = re.compile(r"^(\w+)\((?:(\d+)<(.*?)>(?=\s*[,)]))?(.*)$")
 RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 RETURN = re.compile(r"\)\s+=\s+(-?\d+)(.*)$")
 ACK_TEXT = re.compile(r'"ack (\d+) (\d+) (\d+) (\d+) (\d+)\\n"')
@@ -638,25 +648,172 @@ def _traced_run(tmp_path: Path, name: str, *, eatmydata: bool, run_s: float) -> 
     return result
 
 
-def test_every_acknowledgement_follows_the_fdatasync_that_covers_it(tmp_path: Path) -> None:
-    """PWR-03. The negative control runs the same writer under eatmydata: no fdatasync
-    reaches the kernel, and the audit must flag every acknowledgement."""
+async def test_every_acknowledgement_follows_the_fdatasync_that_covers_it(
+    tmp_path: Path,
+) -> None:
+    """PWR-03, for a WAL writer (its ack-log lines) and for the node (its HTTP 200s).
+    Each negative control runs the same thing under eatmydata: no fdatasync reaches
+    the kernel, and the audit must flag every acknowledgement."""
     _skip_without("strace", "eatmydata")
     started = time.monotonic()
-    real = _traced_run(tmp_path, "real", eatmydata=False, run_s=1.5)
-    control = _traced_run(tmp_path, "control", eatmydata=True, run_s=0.5)
+    wal = await asyncio.to_thread(_traced_run, tmp_path, "wal", eatmydata=False, run_s=1.5)
+    wal_control = await asyncio.to_thread(
+        _traced_run, tmp_path, "wal-control", eatmydata=True, run_s=0.5
+    )
+    node = await _traced_node_run(tmp_path, 3.0, eatmydata=False)
+    node_control = await _traced_node_run(tmp_path, 1.0, eatmydata=True)
     report(
         "PWR-03",
-        acks_audited=real.acks,
-        fdatasyncs=real.fdatasyncs,
-        segment_writes=real.segment_writes,
-        violations=real.violations,
-        control_acks=control.acks,
-        control_violations=control.violations,
+        wal_acks_audited=wal.acks,
+        wal_fdatasyncs=wal.fdatasyncs,
+        wal_violations=wal.violations,
+        node_200s_audited=node.responses_200,
+        node_records_audited=node.records_audited,
+        node_fdatasyncs=node.fdatasyncs,
+        node_violations=node.violations,
+        control_wal_violations=f"{wal_control.violations} of {wal_control.acks} acks",
+        control_node_violations=(
+            f"{node_control.violations} of {node_control.records_audited} records"
+        ),
         runtime_s=round(time.monotonic() - started, 1),
     )
-    assert real.violations == 0, real.samples
-    assert real.fdatasyncs > 0
-    assert real.acks > 100
-    assert control.fdatasyncs == 0
-    assert control.violations == control.acks > 0, control.samples
+    assert wal.violations == 0, wal.samples
+    assert wal.fdatasyncs > 0
+    assert wal.acks > 100
+    assert wal_control.fdatasyncs == 0
+    assert wal_control.violations == wal_control.acks > 0, wal_control.samples
+    assert node.violations == 0, node.samples
+    assert node.truncated_writes == 0, "raise STRACE_STRING_BYTES: segment writes were cut"
+    assert node.responses_200 == node.acked_requests > 50, node
+    assert node_control.fdatasyncs == 0
+    assert node_control.violations == node_control.records_audited > 0, node_control
+
+
+# ------------------------------------------------------- the fsync audit, node
+HTTP_PORT_FD = re.compile(r"^TCP:\[[^:]+:(\d+)->")
+STRACE_STRING_BYTES = 256 * 1024
+"""-s for the node trace: longer than any segment write of that light load (asserted)."""
+TRUNCATED = re.compile(r'"\.\.\.,')
+
+
+@dataclass
+class NodeAudit:
+    acked_requests: int = 0
+    responses_200: int = 0
+    records_audited: int = 0
+    fdatasyncs: int = 0
+    violations: int = 0
+    truncated_writes: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def flag(self, text: str) -> None:
+        self.violations += 1
+        if len(self.samples) < 5:
+            self.samples.append(text)
+
+
+def audit_node(calls: Sequence[Call], run: str, http_port: int) -> NodeAudit:
+    """Every HTTP 200 written to a client socket must start after, for each record id
+    the request carried, the segment write holding that id returned and an fdatasync
+    of that segment, started after it, returned 0."""
+    id_text = re.compile(re.escape(run) + r'-(\d+)\\"')
+    result = NodeAudit()
+    events: list[tuple[int, int, Call]] = []
+    for c in calls:
+        events.append((c.start, 0, c))
+        events.append((c.end, 1, c))
+    events.sort(key=lambda e: (e[0], e[1]))
+    written: dict[str, int] = {}
+    covered: dict[Call, int] = {}
+    synced: dict[str, int] = {}
+    located: dict[int, tuple[str, int]] = {}  # id → (segment, end of the write holding it)
+    asked: dict[str, set[int]] = {}  # connection → ids read since its last response
+    for _, phase, c in events:
+        path = c.path or ""
+        seg = path if SEGMENT_OPEN.search(path) else None
+        conn = m.group(1) if (m := HTTP_PORT_FD.match(path)) else None
+        if c.name == "fdatasync" and seg:
+            if phase == 0:
+                covered[c] = written.get(seg, 0)
+            elif c.result == 0:
+                result.fdatasyncs += 1
+                synced[seg] = max(synced.get(seg, 0), covered[c])
+        elif seg and c.name in ("write", "writev", "pwrite64") and phase == 1:
+            if TRUNCATED.search(c.text):
+                result.truncated_writes += 1
+            end = written.get(seg, 0) + max(c.result or 0, 0)
+            written[seg] = end
+            for rid in id_text.findall(c.text):
+                located.setdefault(int(rid), (seg, end))
+        elif conn == str(http_port) and c.name in ("read", "recvfrom", "recvmsg", "readv"):
+            if phase == 1:
+                asked.setdefault(path, set()).update(int(r) for r in id_text.findall(c.text))
+        elif conn == str(http_port) and c.name in ("write", "writev", "sendto", "sendmsg"):
+            if phase != 0 or '"HTTP/1.1 ' not in c.text:
+                continue
+            ids = asked.pop(path, set())
+            if '"HTTP/1.1 200 ' not in c.text or not ids:
+                continue  # a refusal, or /readyz
+            result.responses_200 += 1
+            for rid in sorted(ids):
+                result.records_audited += 1
+                where = located.get(rid)
+                if where is None:
+                    result.flag(f"line {c.start}: 200 for id {rid}, never written to a segment")
+                elif synced.get(where[0], 0) < where[1]:
+                    result.flag(
+                        f"line {c.start}: 200 for id {rid} at {where[1]} of {where[0]}, "
+                        f"only {synced.get(where[0], 0)} bytes fsynced"
+                    )
+    return result
+
+
+async def _traced_node_run(tmp_path: Path, run_s: float, *, eatmydata: bool) -> NodeAudit:
+    """A node under strace with two writers posting for `run_s`, audited."""
+    name = "node-eatmydata" if eatmydata else "node"
+    trace = tmp_path / f"{name}.strace"
+    (tmp_path / name).mkdir()
+    async with control_plane(str(tmp_path / name)) as cp, aiohttp.ClientSession() as session:
+        dest = await cp.local_destination(str(tmp_path / name / "objects"))
+        endpoint = await cp.endpoint(dest["id"])
+        node = Node(
+            data_dir=tmp_path / name / "data",
+            control_url=cp.url,
+            node_key=cp.node_key,
+            http_port=free_port(),
+        )
+        node.prefix = [
+            "strace",
+            "-f",
+            "--seccomp-bpf",
+            "-yy",
+            "-qq",
+            "-s",
+            str(STRACE_STRING_BYTES),
+            "-e",
+            "signal=none",
+            "-e",
+            "trace=read,readv,recvfrom,recvmsg,write,writev,pwrite64,sendto,sendmsg,fdatasync",
+            "-o",
+            str(trace),
+            *(["eatmydata"] if eatmydata else []),
+        ]
+        ledger = Ledger()
+        url = f"{node.url}/ingest/{endpoint['id']}"
+        try:
+            node.start()
+            await node.wait_ready(session, timeout_s=60)
+            deadline = time.monotonic() + run_s
+
+            async def write() -> None:
+                while time.monotonic() < deadline:
+                    batch = ledger.records(10, lambda n: {"temp": n})
+                    await ledger.post(session, url, batch, headers={"X-API-Key": cp.api_key})
+
+            await asyncio.gather(write(), write())
+        finally:
+            await node.close()
+    calls = parse_trace(trace.read_text(errors="replace").splitlines())
+    result = audit_node(calls, ledger.run, node.http_port)
+    result.acked_requests = ledger.counts()["ok"]
+    return result
