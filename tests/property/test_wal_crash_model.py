@@ -40,11 +40,12 @@ end of this file reproduce each of them exactly.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import os
 import random
 import struct
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -61,11 +62,23 @@ from wal.reader import iter_frames
 from wal.segment import EPOCH_FILE, open_name, parse_name, sealed_name
 
 try:  # `python -m pytest` (./dev test) puts the repository root on sys.path ...
+    from tests.support.report import report
     from tests.support.simfs import SimFs
 except ImportError:  # ... a bare `pytest` only puts tests/ there (rootdir-relative import)
+    from support.report import report  # type: ignore[no-redef,import-not-found,unused-ignore]
     from support.simfs import SimFs  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 T = TypeVar("T")
+PWR01: collections.Counter[str] = collections.Counter()
+"""Figures for the PWR-01 report line, printed once the module's tests are done."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pwr01_report() -> Iterator[None]:
+    yield
+    if PWR01["machines"]:
+        report("PWR-01", **PWR01)
+
 
 WAL_DIR = "/data/wal/endpoint-1"
 EPOCH = 7
@@ -230,6 +243,7 @@ class WalCrashMachine(RuleBasedStateMachine):
         self.dead_rids: set[int] = set()  # committed, rejected or lost: never to come back
         self.max_seq = 0  # the highest sequence number that ever held data
         self._new_session(open_seq=1)
+        PWR01["machines"] += 1
 
     def _new_session(self, open_seq: int) -> None:
         self.session: list[Append] = []  # queued appends of the current WAL, in order
@@ -383,12 +397,15 @@ class WalCrashMachine(RuleBasedStateMachine):
             break
         self.fs, self.wal = fs, wal
         self._check_recovered(expected)
+        PWR01["recoveries_checked"] += 1
+        PWR01["records_verified"] += len(self.durable)
 
     def _reboot(self, recovery_cut: int | None, seed: int) -> None:
         """After a power cut: stop the old writer (every call fails now), reopen."""
         image = self.fs.cut_image
         assert image is not None
         event("power cut")
+        PWR01["power_cuts"] += 1
         self.run(self.w.close())
         self._drain()
         self._process_events()
