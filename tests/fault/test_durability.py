@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import random
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from tests.fault.harness import (
     Harness,
     Outcome,
+    Traffic,
     failed_statuses,
     long_tier,
     percentile,
@@ -213,3 +215,101 @@ async def test_dur05_sigterm_under_load_answers_200_or_503_draining_and_exits_ze
         assert set(after) <= {"200", "503 draining", "refused"}, after
         assert after["503 draining"] > 0, after
         h.assert_clean(result, duplicates=False)
+
+
+# ------------------------------------------------------------------ soak (long tier)
+SOAK_MINUTES = float(os.environ.get("EDGEMQ_SOAK_MINUTES") or 10)
+SOAK_FAULTS = (
+    "s3_5xx",
+    "s3_ambiguous",
+    "s3_outage",
+    "s3_slow",
+    "cp_kill",
+    "cp_pause",
+    "cp_5xx",
+    "node_kill",
+)
+
+
+async def _one_fault(h: Harness, t: Traffic, fault: str, rng: random.Random) -> float | None:
+    """Apply `fault` for a seeded 1-8 s, then heal it; the node's recovery time for a
+    node kill, else None."""
+    assert h.s3_proxy is not None
+    assert h.cp_proxy is not None
+    assert h.control is not None
+    assert h.node is not None
+    assert h.session is not None
+    loop = asyncio.get_running_loop()
+    duration_s = rng.uniform(1.0, 8.0)
+    if fault == "node_kill":
+        await asyncio.sleep(rng.uniform(0.05, 1.0))  # the seeded kill instant
+        await h.node.kill()
+        restarted = loop.time()
+        h.node.start()
+        return await t.ok_after(restarted)
+    if fault == "s3_5xx":
+        h.s3_proxy.random_schedule(
+            rng.randrange(2**32), {"error_503": 0.3, "error_500": 0.1}, when=h.is_bucket_put
+        )
+    elif fault == "s3_ambiguous":
+        h.s3_proxy.fail_next(2, "reset_after", when=h.is_bucket_put)
+    elif fault == "s3_outage":
+        h.s3_proxy.set_rule(lambda method, target: True, "error_503")
+    elif fault == "s3_slow":
+        h.s3_proxy.set_rule(h.is_bucket_put, "delay:0.5")
+    elif fault == "cp_kill":
+        await h.control.kill()
+    elif fault == "cp_pause":
+        h.control.pause()
+    elif fault == "cp_5xx":
+        h.cp_proxy.random_schedule(rng.randrange(2**32), {"error_503": 0.5, "error_500": 0.3})
+    else:
+        raise AssertionError(f"unknown fault {fault}")
+    await asyncio.sleep(duration_s)  # the fault's seeded duration
+    h.s3_proxy.clear()
+    h.cp_proxy.clear()
+    if h.control.paused:
+        h.control.resume()
+    if not h.control.running:
+        h.control.start()
+        await h.control.wait_ready(h.session)
+    return None
+
+
+@pytest.mark.slow
+@long_tier
+@pytest.mark.timeout(int(SOAK_MINUTES * 60) + 900)
+async def test_soak_periodic_random_s3_control_plane_and_node_faults_lose_nothing(
+    tmp_path: Path, moto: MotoServer, seed: int
+) -> None:
+    """EDGEMQ_SOAK_MINUTES (default 10) of continuous ingest with a seeded random fault
+    every few seconds: S3 5xx, ambiguous PUTs, S3 outage, slow S3, control plane
+    killed / paused / 5xx, node kill -9."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    async with Harness(tmp_path, moto, "SOAK", seed=seed, fast_retries=True) as h:
+        await h.start_node()
+        faults: collections.Counter[str] = collections.Counter()
+        recoveries: list[float] = []
+        async with h.traffic(writers=2) as t:
+            end = loop.time() + SOAK_MINUTES * 60
+            while loop.time() < end:
+                fault = rng.choice(SOAK_FAULTS)
+                faults[fault] += 1
+                recovery = await _one_fault(h, t, fault, rng)
+                if recovery is not None:
+                    recoveries.append(recovery)
+                await t.more_acked(10, timeout_s=120)  # healed: the stream flows again
+        drain_s = await h.drain(timeout_s=300)
+        result = await h.reconcile()
+        h.report(
+            result,
+            minutes=SOAK_MINUTES,
+            faults=dict(faults),
+            node_recovery_p95_s=percentile(recoveries, 95),
+            outcomes=dict(failed_statuses(t.outcomes)),
+            **h.retries_seen(),
+            drain_s=round(drain_s, 2),
+        )
+        h.assert_clean(result)
+        assert sum(faults.values()) >= 10, faults
