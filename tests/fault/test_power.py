@@ -16,8 +16,10 @@ earlier cycle's acknowledgements (the oldest segments are "delivered": deleted, 
 PWR-04 runs the same harness with fsync disabled (`eatmydata`): it must see loss, or
 the harness could not see it either. PWR-03 runs the writer under strace and checks
 that each acknowledgement (the ack-log write) comes after an fdatasync that returned 0
-on the segment holding the acknowledged bytes, after those bytes were written; under
-`eatmydata` the same audit must count every acknowledgement as a violation.
+on the segment holding the acknowledged bytes, after those bytes were written; then
+the same for a node (`python -m edgemq node`): every HTTP 200 written to a client
+socket must follow the fdatasync covering the segment write that holds each record id
+of that request. Under `eatmydata` both audits must flag every acknowledgement.
 
 Randomised instants print their seed; replay with EDGEMQ_TEST_SEED.
 """
