@@ -3,6 +3,8 @@
 - `moto_server` / `moto`: moto's S3/STS/IAM server as a process for the session, base
   AWS credentials in the environment per test (tests/support/moto_server.py);
 - `seed`: the scenario's seed, printed, replayable with EDGEMQ_TEST_SEED;
+- `free_tcp_port`: a callable giving a free 127.0.0.1 port (the harness takes its own;
+  per-test directories are pytest's `tmp_path`, where every process logs);
 - a safety net killing any child process a failed or timed-out test left running.
 
 Report lines: every scenario prints one `REPORT {json}` line (visible with `-s`, and in
@@ -14,13 +16,14 @@ summary.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.fault.harness import REPORTS, scenario_seed
 from tests.support.moto_server import moto_fixture, moto_server_fixture
+from tests.support.postgres import free_port
 from tests.support.processes import kill_leftovers
 from tests.support.report import REPORT_DIR_ENV
 
@@ -52,6 +55,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture
 def seed() -> int:
     return scenario_seed()
+
+
+@pytest.fixture
+def free_tcp_port() -> Callable[[], int]:
+    return free_port
 
 
 @pytest.fixture(autouse=True)

@@ -375,6 +375,7 @@ class Harness:
         self.lake: Lake
         self.client: IngestClient
         self.commit_rows: list[dict[str, Any]] = []
+        self.head_gaps = 0
         self._traffic: list[Traffic] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -689,11 +690,11 @@ class Harness:
         )
         return time.monotonic() - started
 
-    def _reader(self) -> S3Reader:
+    def reader(self) -> S3Reader:
         return S3Reader(self.moto.client("s3"), self.lake.bucket, PREFIX + "/")
 
     async def _manifests_reported(self) -> bool:
-        manifests = await asyncio.to_thread(load_manifests, self._reader())
+        manifests = await asyncio.to_thread(load_manifests, self.reader())
         rows = await self.api.commits(self.lake.endpoint_id)
         reported = {(str(c["node_id"]), int(c["epoch"]), int(c["seq"])) for c in rows}
         return all((m.node_id, m.epoch, m.seq) in reported for m in manifests.values())
@@ -701,10 +702,20 @@ class Harness:
     # ----------------------------------------------------------------- verdicts
     async def reconcile(self) -> Reconciliation:
         self.commit_rows = await self.api.commits(self.lake.endpoint_id)
+        reader = self.reader()
+        manifests = await asyncio.to_thread(load_manifests, reader)
         result = await reconcile_async(
-            self.ledger, self._reader(), commits={self.lake.endpoint_id: self.commit_rows}
+            self.ledger,
+            reader,
+            commits={self.lake.endpoint_id: self.commit_rows},
+            manifests=manifests,
         )
-        print(result.line())
+        self.head_gaps = _head_gaps(
+            [(m.node_id, m.epoch, m.seq) for m in manifests.values()]
+        ) + _head_gaps(
+            [(str(c["node_id"]), int(c["epoch"]), int(c["seq"])) for c in self.commit_rows]
+        )
+        print(result.line(), f"seq_head_gaps={self.head_gaps}")
         return result
 
     def commit_dup_rows(self) -> int:
@@ -726,6 +737,7 @@ class Harness:
             failed_but_present=result.failed_but_present,
             refused_but_present=result.refused_but_present,
             seq_gaps=result.seq_gaps,
+            seq_head_gaps=self.head_gaps,
             orphans=result.orphans,
             bad_objects=result.bad_objects,
             unlisted=result.unlisted,
@@ -749,12 +761,23 @@ class Harness:
         no orphan, no stray object, every manifest reported once. `duplicates=False`
         also demands no duplicate record (where nothing could have re-sent one)."""
         assert result.must_be_zero() == {}, result.line()
+        assert self.head_gaps == 0, f"segments missing before the first one seen: {result.line()}"
         assert (result.unlisted, result.unreported) == (0, 0), result.line()
         assert self.commit_dup_rows() == 0, f"duplicate commit rows: {self.commit_rows}"
         assert result.ok > 0, result.line()
         assert result.manifests > 0, result.line()
         if not duplicates:
             assert result.duplicates == 0, result.line()
+
+
+def _head_gaps(segments: Iterable[tuple[str, int, int]]) -> int:
+    """Sequence numbers missing *before* the lowest one seen, per (node, epoch): a WAL
+    numbers its segments from 1 in every epoch (wal/recovery.py), and the reconciler's
+    `seq_gaps` only looks between the lowest and the highest number it saw."""
+    lowest: dict[tuple[str, int], int] = {}
+    for node_id, epoch, seq in segments:
+        lowest[(node_id, epoch)] = min(seq, lowest.get((node_id, epoch), seq))
+    return sum(seq - 1 for seq in lowest.values())
 
 
 def failed_statuses(outcomes: Iterable[Outcome]) -> collections.Counter[str]:

@@ -65,6 +65,15 @@ async def test_cp01_control_plane_killed_and_paused_mid_ingest_keeps_ingest_and_
                 lambda: h.node_log_count("commit report failed") > failures_before,
                 what="a failed commit report while the control plane is dead",
             )
+            # The node itself restarts while the control plane is dead: it serves from
+            # its persisted snapshot and keeps the reports it could not deliver.
+            assert h.node is not None
+            assert await h.node.kill() == -9
+            restarted = loop.time()
+            h.node.start()
+            node_recovery_s = await t.ok_after(restarted)
+            await t.more_acked(20)
+            assert queued <= await asyncio.to_thread(h.queued_reports)
             acked_while_killed = t.acked - acked_at_kill
             h.control.start()
             await h.control.wait_ready(h.session)
@@ -96,6 +105,7 @@ async def test_cp01_control_plane_killed_and_paused_mid_ingest_keeps_ingest_and_
             killed_for_s=round(killed_for_s, 2),
             acked_while_killed=acked_while_killed,
             queued_while_killed=queued_while_killed,
+            node_restart_to_200_while_killed_s=round(node_recovery_s, 3),
             caught_up_after_restart_s=round(caught_up_after_kill_s, 2),
             paused_for_s=round(paused_for_s, 2),
             acked_while_paused=acked_while_paused,

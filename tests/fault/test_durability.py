@@ -26,6 +26,7 @@ from tests.fault.harness import (
 )
 from tests.support.ledger import load_manifests
 from tests.support.moto_server import MotoServer
+from tests.support.stack import wait_for
 
 DUR01_CYCLES = 30
 DUR01_LONG_CYCLES = 300
@@ -125,7 +126,7 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
             await t.more_acked(20)
         await h.drain()
         result = await h.reconcile()
-        manifests = await asyncio.to_thread(load_manifests, h._reader())
+        manifests = await asyncio.to_thread(load_manifests, h.reader())
         node_ids = {m.node_id for m in manifests.values()}
         puts = {
             k: n
@@ -151,7 +152,7 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
         assert (code, fired) == (CRASH_EXIT, 1), h.logs()
         h.assert_clean(result)
         assert max(per_segment.values()) == 1, per_segment
-        listed = set(await asyncio.to_thread(h._reader().list_keys))
+        listed = set(await asyncio.to_thread(h.reader().list_keys))
         assert set(puts) <= listed, sorted(set(puts) - listed)
         if reupload == "none":
             assert rewritten == [], rewritten
@@ -215,6 +216,43 @@ async def test_dur05_sigterm_under_load_answers_200_or_503_draining_and_exits_ze
         assert set(after) <= {"200", "503 draining", "refused"}, after
         assert after["503 draining"] > 0, after
         h.assert_clean(result, duplicates=False)
+
+
+# ------------------------------------------------------------ negative control
+async def test_the_harness_sees_loss_when_a_sealed_segment_vanishes_behind_the_nodes_back(
+    tmp_path: Path, moto: MotoServer, seed: int
+) -> None:
+    """NEG-01: the same processes, drain and reconciler as the scenarios above, with
+    loss made on purpose (S3 held off so segments wait on disk, the node killed, its
+    first and third sealed segments deleted): the verdict must show the acknowledged records as
+    lost and the hole as a sequence gap, or the clean verdicts above prove nothing."""
+    async with Harness(tmp_path, moto, "NEG-01", seed=seed, fast_retries=True) as h:
+        assert h.node is not None
+        assert h.s3_proxy is not None
+        await h.start_node()
+        h.s3_proxy.set_rule(lambda method, target: True, "error_503")
+
+        async def three_sealed() -> bool:
+            return len(await asyncio.to_thread(h.sealed_segments)) >= 3
+
+        async with h.traffic(writers=2) as t:
+            await wait_for(three_sealed, what="three sealed segments waiting for S3")
+            await h.node.kill()
+            sealed = await asyncio.to_thread(h.sealed_segments)
+            first, middle = sealed[0], sealed[2]  # a lost head and a hole after it
+            wal_dir = h.data_dir / "wal" / h.lake.endpoint_id
+            frames = 0
+            for seq in (first, middle):
+                path = wal_dir / f"seg-{seq:08d}.wal"
+                frames += (await asyncio.to_thread(path.read_bytes)).count(b'{"id":')
+                await asyncio.to_thread(path.unlink)
+            h.node.start()
+            await t.ok_after(asyncio.get_running_loop().time())
+        await h.drain()
+        result = await h.reconcile()
+        h.report(result, deleted_segments=[first, middle], deleted_records=frames, expected="loss")
+        assert result.lost_acked == frames > 0, result.line()
+        assert (result.seq_gaps, h.head_gaps) == (2, 2), result.line()  # manifests + commits
 
 
 # ------------------------------------------------------------------ soak (long tier)
