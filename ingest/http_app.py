@@ -108,41 +108,53 @@ async def ingest(request: web.Request) -> web.Response:
         return error_response(
             413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
         )
+    # From its read until its fsync a body is in this process's memory, so it counts as
+    # in flight from here: the declared length, or the body limit for a chunked body.
+    # Without this reservation every request passing this check would read its body at
+    # once (memory unbounded by `inflight_bytes_max`) and the excess would get its 503
+    # only after reading and parsing it (tests/fault/test_overload.py, OVL-04).
+    reserved = declared if declared is not None else limits.body_bytes_max
+    admission = node.admission
     # The WAL is opened only for a request that will be appended (refusals open nothing).
     runtime = node.endpoints.get(endpoint.id)
-    reason = node.admission.refuse_reason(runtime.wal if runtime else None, declared or 0)
+    reason = admission.refuse_reason(runtime.wal if runtime else None, reserved)
     if reason is not None:
         return _refuse(node, reason)
+    admission.add_inflight(reserved)
     try:
-        if request.content.is_eof():  # already buffered (small bodies): no timer needed
-            data = await request.read()
-        else:
-            async with asyncio.timeout(limits.body_timeout_s):
+        try:
+            if request.content.is_eof():  # already buffered (small bodies): no timer needed
                 data = await request.read()
-    except TimeoutError:
-        return error_response(408, "body_timeout", "the body did not arrive in time")
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(
-            413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
-        )
-    encoding = request.headers.get("Content-Encoding")
+            else:
+                async with asyncio.timeout(limits.body_timeout_s):
+                    data = await request.read()
+        except TimeoutError:
+            return error_response(408, "body_timeout", "the body did not arrive in time")
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(
+                413, "body_too_large", f"the body is larger than {limits.body_bytes_max} bytes"
+            )
+        encoding = request.headers.get("Content-Encoding")
 
-    def parse() -> list[bytes]:
-        return split_records(
-            decode_content(data, encoding, node.body_limits), kind, node.body_limits
-        )
+        def parse() -> list[bytes]:
+            return split_records(
+                decode_content(data, encoding, node.body_limits), kind, node.body_limits
+            )
 
-    try:
-        records = await asyncio.to_thread(parse) if len(data) > OFFLOAD_BODY_BYTES else parse()
-    except BodyError as err:
-        return web.json_response(err.to_json(), status=err.status)
-    nbytes = sum(map(len, records))
-    if runtime is None:
-        if node.admission.draining:
-            return _refuse(node, "draining")
-        runtime = await node.endpoints.open(endpoint.id)
+        try:
+            records = await asyncio.to_thread(parse) if len(data) > OFFLOAD_BODY_BYTES else parse()
+        except BodyError as err:
+            return web.json_response(err.to_json(), status=err.status)
+        nbytes = sum(map(len, records))
+        if runtime is None:
+            if admission.draining:
+                return _refuse(node, "draining")
+            runtime = await node.endpoints.open(endpoint.id)
+    finally:
+        # Handed over to the append's own count below, with no await in between.
+        admission.done_inflight(reserved)
     wal = runtime.wal
-    reason = node.admission.refuse_reason(wal, nbytes)
+    reason = admission.refuse_reason(wal, nbytes)
     if reason is not None:
         return _refuse(node, reason)
     started = time.perf_counter()
@@ -154,12 +166,21 @@ async def ingest(request: web.Request) -> web.Response:
         return _refuse(node, "wal_failed")
     except WalClosed:
         return _refuse(node, "draining")
-    admission = node.admission
     admission.add_inflight(nbytes)
     future.add_done_callback(lambda _: admission.done_inflight(nbytes))
     try:
         ack = await asyncio.shield(future)
-    except WalFailed:
+    except WalFailed as err:
+        if err.maybe_written:
+            # Written, fsync failed: recovery may keep these records. Not a refusal:
+            # a 500 tells the client the outcome is unknown (retry; duplicates possible).
+            node.admission.refused("wal_failed")
+            return error_response(
+                500,
+                "wal_failed",
+                "the write-ahead log failed while writing these records; they may or "
+                "may not be stored — retry",
+            )
         return _refuse(node, "wal_failed")
     except WalClosed:
         return _refuse(node, "draining")

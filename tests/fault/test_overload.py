@@ -1,21 +1,30 @@
-"""Overload and slow clients against a node process (docs/RELIABILITY.md, OVL-01 and
-OVL-03).
+"""Overload and slow clients against a node process (docs/RELIABILITY.md, OVL-01,
+OVL-03 and OVL-04). The node runs as `edgemq node` (tests/support/processes.py); its
+RSS, CPU time and open descriptors are read from /proc.
 
 OVL-01, open-loop overload: the node's capacity is measured first (closed loop, the
-same requests), then an open-loop generator starts requests at a fixed rate whatever
-the answers do, at 0.5x, 1x, 2x and 5x that capacity. At every level every answer is
-200 or 503 with Retry-After (no other status, no timeout, no reset), 503s are answered
-fast, the node's RSS stays under a fixed cap and does not grow with the level; after
-the load the node drains and the committed output is reconciled with the ledger
-(lost_acked 0, nothing refused is present). Latencies are measured from the instant a
-request was due, so a generator that falls behind shows up as latency (no coordinated
-omission), and how far it fell behind is reported.
+same ~256 KiB requests), then an open-loop generator starts requests at a fixed rate
+whatever the answers do, at 0.5x, 1x, 2x and 5x that capacity. At every level every
+answer is 200 or 503 with Retry-After and a reason (no other status, no timeout, no
+reset), the 503s' p99 is not above the 200s', the node's RSS grows with the level by no
+more than the in-flight limit plus a buffer allowance per open connection (and stays
+under a fixed cap while few requests are open at once); after the load the node drains
+and the committed output is reconciled with the ledger (lost_acked 0, nothing refused
+is present). Each answer has two latencies: from the instant it was due (a generator
+that falls behind shows up there: no coordinated omission; reported) and from the
+instant it was sent (the service time the assertions use). The control plane runs as
+its own process so commit reports never wait on the busy test process.
 
 OVL-03, slowloris and slow bodies: hundreds of connections dribble their request heads
 or their bodies against a node with 2 s header and body deadlines
 (`--header-timeout-s`, `--body-timeout-s`); every one is closed by the deadline (slow
-bodies get a 408 first), the node's open file descriptors come back down, nothing is
-written, and a normal client keeps getting 200s with a reasonable latency meanwhile.
+heads without an answer, slow bodies with a 408 first), the node's open file
+descriptors come back down, nothing is written, and a normal client keeps getting 200s
+with a reasonable latency meanwhile.
+
+OVL-04, big bodies at once (RSS measured; no memory cgroup): 150 authenticated clients
+send 1 MiB bodies together against a 4 MiB in-flight limit; the node holds at most
+that much of them (the rest get their 503 before their body is read).
 
 Set EDGEMQ_TEST_SEED to replay a run's record contents and dribble timings.
 """
@@ -27,8 +36,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -42,9 +49,10 @@ import aiohttp
 from control.server import open_context
 from control.services import keys
 from control.services.common import ControlSettings
-from tests.integration.ingest.node_process import ROOT, NodeProcess
+from tests.fault.harness import REPORTS
 from tests.support.ledger import FAIL, INDETERMINATE, OK, Ledger, LocalReader, reconcile_async
 from tests.support.postgres import free_port
+from tests.support.processes import ControlChild, NodeChild
 from tests.support.report import report
 from tests.support.stack import SEGMENT_BYTES_MIN, ControlPlane, control_plane, wait_for
 
@@ -53,30 +61,38 @@ MIB = 1024 * KIB
 NDJSON = "application/x-ndjson"
 
 # OVL-01 ---------------------------------------------------------------------------
-RECORDS_PER_REQUEST = int(os.environ.get("X_RPR", 16))
-RECORD_PAD_BYTES = int(os.environ.get("X_PAD", 900))
-"""~16 KiB per request: bytes, not request count, are what the limits below bound."""
-INFLIGHT_BYTES_MAX = int(os.environ.get("X_INF", 256 * KIB))
-"""About 16 requests waiting for their fsync across the node."""
-UNSHIPPED_BYTES_MAX = int(os.environ.get("X_UNS", 3 * MIB))
+RECORDS_PER_REQUEST = 16
+RECORD_PAD_BYTES = 16_000
+"""~256 KiB per request: bytes, not request count, are what the limits below bound, and
+big requests keep the generator's cost per offered byte low (two shared CPUs)."""
+INFLIGHT_BYTES_MAX = 2 * MIB
+"""About 8 requests being read or waiting for their fsync across the node."""
+UNSHIPPED_BYTES_MAX = 8 * MIB
 SEGMENT_BYTES = 1 * MIB
 CAPACITY_WRITERS = 16
 CAPACITY_S = 4.0
 LEVELS = (0.5, 1.0, 2.0, 5.0)
-LEVEL_S = float(os.environ.get("X_LS", 6.0))
+LEVEL_S = 6.0
 LEVEL_REQUESTS_MAX = 12_000
 """Bound on one level's requests whatever the measured capacity."""
 REQUEST_TIMEOUT_S = 30.0
 """Generous: an answer later than this is a failure of the scenario."""
 OUTSTANDING_MAX = 2_000
-"""Requests in flight at once, a guard for the test process only (reported if hit)."""
+"""Requests in flight at once, a guard for the test process only: a level that hits it
+(the node answering seconds late) shows it as `outstanding_peak` and `late_starts`."""
 RSS_CAP_BYTES = 400 * MIB
-RSS_GROWTH_MAX_BYTES = 96 * MIB
-"""Peak RSS at 5x may exceed the 0.5x peak by at most this much."""
+CONNECTION_BUFFER_BYTES = 256 * KIB
+"""Allowance per open connection for the HTTP server's own read buffers (aiohttp
+pauses reading at 2 x 64 KiB) and the sockets."""
+RSS_SLACK_BYTES = 48 * MIB
+"""RSS may grow from the 0.5x level's peak by the in-flight limit, the connection
+allowance for the connections open at once, and this."""
+RSS_CAP_CONNECTIONS = 512
+"""The fixed RSS cap applies to levels that kept at most this many requests open."""
 RSS_SAMPLE_S = 0.05
-FAST_503_P99_S = 0.5
-"""503s skip the body: their p99 stays under this, and under the 200s' p99 (plus a
-scheduling allowance) at the overloaded levels."""
+LATENCY_RATIO = 1.25
+SMALL_MS = 50.0
+"""The 503s' p99 service time stays under LATENCY_RATIO x the 200s' p99 + SMALL_MS."""
 REFUSAL_REASONS = {"inflight", "backlog", "wal_full"}
 
 # OVL-03 ---------------------------------------------------------------------------
@@ -92,10 +108,11 @@ CLOSE_SLACK_S = 4.0
 """A slow connection must be closed within its deadline plus this (2 vCPUs shared)."""
 
 
-def _seed() -> int:
-    seed = int(os.environ.get("EDGEMQ_TEST_SEED") or random.randrange(2**32))
-    print(f"seed={seed} (replay with EDGEMQ_TEST_SEED={seed})")
-    return seed
+def report_line(scenario: str, **figures: Any) -> dict[str, Any]:
+    """The scenario's REPORT line, also repeated in the session's terminal summary."""
+    line = report(scenario, **figures)
+    REPORTS.append(line)
+    return line
 
 
 # --------------------------------------------------------------------- node process
@@ -119,6 +136,23 @@ def cpu_s(pid: int) -> float:
     except FileNotFoundError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat):
+    how much the machine, not the node, decided its latency."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def open_fds(pid: int) -> int:
@@ -150,7 +184,7 @@ def leftovers(data_dir: Path, endpoint_id: str) -> list[str]:
     return held
 
 
-async def drained(node: NodeProcess, endpoint_id: str, timeout_s: float = 120.0) -> None:
+async def drained(node: NodeChild, endpoint_id: str, timeout_s: float = 120.0) -> None:
     async def empty() -> bool:
         return not await asyncio.to_thread(leftovers, node.data_dir, endpoint_id)
 
@@ -161,34 +195,12 @@ async def drained(node: NodeProcess, endpoint_id: str, timeout_s: float = 120.0)
         raise AssertionError(f"{err}; still held: {held}\n{node.log_tail()}") from None
 
 
-CONTROL_MAIN = """
-import asyncio, sys
-from control.server import serve
-from control.services.common import ControlSettings
-url, port, segment_bytes_min = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-settings = ControlSettings(
-    segment_bytes_min=segment_bytes_min, public_url=f"http://127.0.0.1:{port}"
-)
-asyncio.run(serve(url, "127.0.0.1", port, settings))
-"""
-
-
-def _spawn_control(database_url: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", CONTROL_MAIN, database_url, str(port), str(SEGMENT_BYTES_MIN)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @asynccontextmanager
 async def control_process(tmp: Path) -> AsyncIterator[ControlPlane]:
-    """The control plane as its own process (SQLite), with the same tenant, keys and
-    client as `tests.support.stack.control_plane`: under load the test process's event
-    loop is busy generating requests, and the node's commit reports must not wait on it."""
+    """The control plane as its own process (SQLite; tests/support/processes.py), with
+    the tenant, keys and client of `tests.support.stack.control_plane`: under load the
+    test process's event loop is busy generating requests, and the node's commit
+    reports must not wait on it."""
     database_url = f"sqlite:///{tmp / 'control.db'}"
     async with open_context(database_url, ControlSettings()) as ctx:
         account = await keys.create_account(ctx, "acme")
@@ -200,43 +212,36 @@ async def control_process(tmp: Path) -> AsyncIterator[ControlPlane]:
             scopes=["ingest", "metrics", "admin"],
         )
         node_key = await keys.create_node_key(ctx, "test-nodes")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = await asyncio.to_thread(_spawn_control, database_url, port, tmp / "control.log")
+    control = ControlChild(
+        log_path=tmp / "control.log",
+        database_url=database_url,
+        port=free_port(),
+        overrides={"control": {"segment_bytes_min": SEGMENT_BYTES_MIN}},
+    )
     try:
+        control.start()
         async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                assert proc.poll() is None, (tmp / "control.log").read_text()[-2000:]
-                try:
-                    async with session.get(url + "/healthz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(healthy, timeout_s=30, what="the control plane process")
+            await control.wait_ready(session)
             yield ControlPlane(
-                url, database_url, session, account["id"], key["api_key"], node_key["api_key"]
+                control.url,
+                database_url,
+                session,
+                account["id"],
+                key["api_key"],
+                node_key["api_key"],
             )
+        assert await control.terminate(timeout_s=30) == 0, control.log_tail()
     finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        await control.close()
 
 
 @asynccontextmanager
 async def node_process(
     cp: ControlPlane, data_dir: Path, env: dict[str, str]
-) -> AsyncIterator[NodeProcess]:
-    node = NodeProcess(
-        data_dir=data_dir,
-        control_url=cp.url,
-        node_key=cp.node_key,
-        http_port=free_port(),
-        env={"EDGEMQ_MQTT_PORT": str(free_port()), **env},
+) -> AsyncIterator[NodeChild]:
+    """`edgemq node` as a child process with `env` (EDGEMQ_* options), ready."""
+    node = NodeChild(
+        data_dir=data_dir, control_url=cp.url, node_key=cp.node_key, http_port=free_port(), env=env
     )
     try:
         node.start()
@@ -294,50 +299,98 @@ class Answer:
     status: int | None
     latency_s: float
     """From the instant the request was due to its answer (or failure)."""
+    service_s: float
+    """From the instant the request was handed to the client to its answer."""
     retry_after: str | None = None
     reason: str | None = None
     error: str | None = None
 
 
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client for one node: a request is one write of
+    head + body and a read of the answer. Several times cheaper per request than
+    aiohttp's client, so the test process can offer 5x the node's capacity on two
+    shared CPUs. Idle connections are dropped between levels (`close_idle`), so a
+    request never lands on a connection the node closed for idleness."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+
+    async def request(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.opened += 1
+        try:
+            writer.write(data)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return int(status_line.split()[1]), headers, body
+
+    def close_idle(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
 @dataclass
 class Load:
     ledger: Ledger
-    session: aiohttp.ClientSession
-    url: str
+    client: RawClient
+    endpoint_id: str
     api_key: str
     rng: random.Random
     answers: list[Answer] = field(default_factory=list)
 
-    def batch(self) -> list[Any]:
+    def request(self) -> tuple[list[Any], bytes]:
         pad = "x" * RECORD_PAD_BYTES
-        return self.ledger.records(
+        batch = self.ledger.records(
             RECORDS_PER_REQUEST, lambda n: {"n": n, "v": self.rng.random(), "pad": pad}
         )
+        body = Ledger.ndjson(batch)
+        head = (
+            f"POST /ingest/{self.endpoint_id} HTTP/1.1\r\nHost: node\r\n"
+            f"X-API-Key: {self.api_key}\r\nContent-Type: {NDJSON}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return batch, head.encode() + body
 
     async def one(self, due: float) -> Answer:
         loop = asyncio.get_running_loop()
-        batch = self.batch()
-        status: int | None = None
+        batch, data = self.request()
+        sent = loop.time()
         try:
-            async with self.session.post(
-                self.url,
-                data=Ledger.ndjson(batch),
-                headers={"X-API-Key": self.api_key, "Content-Type": NDJSON},
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-            ) as r:
-                text = await r.text()
-                status = r.status
-                answer = Answer(status, loop.time() - due, r.headers.get("Retry-After"))
-                if status != 200:
-                    try:
-                        answer.reason = json.loads(text)["error"].get("reason")
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        answer.error = f"not the JSON error shape: {text[:200]!r}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, headers, text = await self.client.request(data)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
             self.ledger.note(batch, None, err)
-            answer = Answer(None, loop.time() - due, error=f"{type(err).__name__}: {err}")
+            now = loop.time()
+            answer = Answer(None, now - due, now - sent, error=f"{type(err).__name__}: {err}")
         else:
             self.ledger.note(batch, status)
+            now = loop.time()
+            answer = Answer(status, now - due, now - sent, headers.get("retry-after"))
+            if status != 200:
+                try:
+                    answer.reason = json.loads(text)["error"].get("reason")
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    answer.error = f"not the JSON error shape: {text[:200]!r}"
         self.answers.append(answer)
         return answer
 
@@ -373,11 +426,14 @@ class LevelResult:
     rss_peak_bytes: int
     node_cpu_share: float
     client_cpu_share: float
+    node_wait_share: float
 
     def figures(self) -> dict[str, Any]:
         by_status = Counter(a.status for a in self.answers)
-        ok = [a.latency_s for a in self.answers if a.status == 200]
-        refused = [a.latency_s for a in self.answers if a.status == 503]
+        ok = [a.service_s for a in self.answers if a.status == 200]
+        refused = [a.service_s for a in self.answers if a.status == 503]
+        ok_due = [a.latency_s for a in self.answers if a.status == 200]
+        refused_due = [a.latency_s for a in self.answers if a.status == 503]
         return {
             "factor": self.factor,
             "offered_rps": round(self.offered_rps, 1),
@@ -390,11 +446,14 @@ class LevelResult:
             "p99_200_ms": _ms(quantile(ok, 0.99)),
             "p50_503_ms": _ms(quantile(refused, 0.5)),
             "p99_503_ms": _ms(quantile(refused, 0.99)),
+            "p99_200_from_due_ms": _ms(quantile(ok_due, 0.99)),
+            "p99_503_from_due_ms": _ms(quantile(refused_due, 0.99)),
             "late_starts": self.late_starts,
             "outstanding_peak": self.outstanding_peak,
             "rss_peak_mib": round(self.rss_peak_bytes / MIB, 1),
             "node_cpu": round(self.node_cpu_share, 2),
             "client_cpu": round(self.client_cpu_share, 2),
+            "node_runqueue_wait": round(self.node_wait_share, 2),
             "reasons_503": dict(Counter(a.reason for a in self.answers if a.status == 503)),
         }
 
@@ -404,10 +463,12 @@ async def open_loop(load: Load, factor: float, rate: float, rss: RssSampler) -> 
     loop = asyncio.get_running_loop()
     total = min(LEVEL_REQUESTS_MAX, max(1, int(rate * LEVEL_S)))
     first = len(load.answers)
+    load.client.close_idle()
     tasks: set[asyncio.Task[Answer]] = set()
     late = outstanding_peak = started = 0
     rss.reset()
     node_cpu, client_cpu = cpu_s(rss.pid), time.process_time()
+    node_wait = runqueue_wait_s(rss.pid)
     t0 = loop.time()
     while started < total:
         now = loop.time()
@@ -430,6 +491,7 @@ async def open_loop(load: Load, factor: float, rate: float, rss: RssSampler) -> 
     elapsed = loop.time() - t0
     node_cpu = (cpu_s(rss.pid) - node_cpu) / elapsed
     client_cpu = (time.process_time() - client_cpu) / elapsed
+    node_wait = (runqueue_wait_s(rss.pid) - node_wait) / elapsed
     return LevelResult(
         factor,
         rate,
@@ -441,6 +503,7 @@ async def open_loop(load: Load, factor: float, rate: float, rss: RssSampler) -> 
         rss.peak,
         node_cpu,
         client_cpu,
+        node_wait,
     )
 
 
@@ -458,10 +521,10 @@ def level_violations(level: LevelResult) -> list[str]:
 
 
 async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, seed: int
 ) -> None:
     """OVL-01."""
-    rng = random.Random(_seed())
+    rng = random.Random(seed)
     out = tmp_path / "objects"
     async with control_process(tmp_path) as cp:
         dest = await cp.local_destination(str(out))
@@ -475,13 +538,9 @@ async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothin
             "EDGEMQ_UNSHIPPED_BYTES_MAX": str(UNSHIPPED_BYTES_MAX),
         }
         async with node_process(cp, tmp_path / "node", env) as node:
-            assert node.proc is not None
-            pid = node.proc.pid
-            connector = aiohttp.TCPConnector(limit=0)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                load = Load(
-                    Ledger(), session, f"{node.url}/ingest/{endpoint['id']}", cp.api_key, rng
-                )
+            pid = node.pid
+            load = Load(Ledger(), RawClient(node.http_port), endpoint["id"], cp.api_key, rng)
+            try:
                 with RssSampler(pid) as rss:
                     idle_rss = rss.peak
                     capacity = await closed_loop(load, CAPACITY_WRITERS, CAPACITY_S)
@@ -491,6 +550,8 @@ async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothin
                     for factor in LEVELS:
                         await drained(node, endpoint["id"])  # each level starts unloaded
                         levels.append(await open_loop(load, factor, factor * capacity, rss))
+            finally:
+                load.client.close_idle()
             await drained(node, endpoint["id"])
             assert await node.terminate() == 0, node.log_tail()
         commits = await cp.commits(endpoint["id"])
@@ -501,7 +562,7 @@ async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothin
     figures = [level.figures() for level in levels]
     for f in figures:
         print(f"level {json.dumps(f)}")
-    report(
+    report_line(
         "OVL-01",
         capacity_rps=round(capacity, 1),
         capacity_request_bytes=RECORDS_PER_REQUEST * (RECORD_PAD_BYTES + 60),
@@ -525,24 +586,140 @@ async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothin
     assert result.requests[INDETERMINATE] == 0, result.line()
     assert result.must_be_zero() == {}, result.line()
     assert result.ok > 0
-    overloaded = levels[-1]
-    share_5x = figures[-1]["share_503"]
-    # The load did overload the node: at 5x a good part was refused, and the node
-    # still acknowledged work at every level (shedding, not collapsing).
-    assert share_5x >= 0.3, figures[-1]
-    for level, f in zip(levels, figures, strict=True):
-        assert f["ok_per_s"] >= 0.25 * min(capacity, level.offered_rps), f
-    # 503s are cheap: fast in absolute terms and not slower than what is accepted.
+    # The load did overload the node: at 5x a good part was refused; the node kept
+    # acknowledging work at every level (shedding, not collapsing).
+    assert figures[-1]["share_503"] >= 0.3, figures[-1]
+    assert figures[0]["share_503"] <= figures[-1]["share_503"], figures
     for f in figures:
-        if f["p99_503_ms"] is not None and f["share_503"] >= 0.05:
-            assert f["p99_503_ms"] <= FAST_503_P99_S * 1000, f
-            if f["p99_200_ms"] is not None:
-                assert f["p99_503_ms"] <= f["p99_200_ms"] + 50, f
-    # Memory is bounded and does not grow with the offered load.
-    peaks = [level.rss_peak_bytes for level in levels]
-    assert max(peaks) < RSS_CAP_BYTES, figures
-    assert peaks[-1] <= peaks[0] + RSS_GROWTH_MAX_BYTES, figures
-    assert overloaded.outstanding_peak < OUTSTANDING_MAX, "the client guard throttled the load"
+        assert f["ok_per_s"] >= 0.1 * capacity, f
+    # 503s are cheap: not slower than what is accepted at the same level (p99 against
+    # p99; medians are not comparable: refusals cluster in the congested moments). That
+    # they are decided before the body is read is OVL-04's precise check.
+    for f in figures:
+        counts = f["statuses"]
+        if counts.get("503", 0) >= 20 and counts.get("200", 0) >= 20:
+            assert f["p99_503_ms"] <= LATENCY_RATIO * f["p99_200_ms"] + SMALL_MS, f
+    # Memory: bounded by the in-flight limit plus a buffer per open connection (the
+    # HTTP server buffers what a connection sent before the handler refuses it), and
+    # under the fixed cap while the generator keeps few requests open.
+    base = levels[0].rss_peak_bytes
+    for level in levels:
+        allowance = (
+            INFLIGHT_BYTES_MAX + level.outstanding_peak * CONNECTION_BUFFER_BYTES + RSS_SLACK_BYTES
+        )
+        assert level.rss_peak_bytes <= base + allowance, level.figures()
+        if level.outstanding_peak <= RSS_CAP_CONNECTIONS:
+            assert level.rss_peak_bytes < RSS_CAP_BYTES, level.figures()
+
+
+# ------------------------------------------------------------------------ OVL-04
+BIG_BODY_BYTES = 1 * MIB
+BIG_BODY_CONNECTIONS = 150
+BIG_INFLIGHT_BYTES_MAX = 4 * MIB
+BIG_TAIL_BYTES = 1024
+BIG_TAIL_HOLD_S = 1.5
+"""Each client holds back the last bytes of its body this long: every body the node
+admitted is then in its memory at the same time."""
+
+
+async def held_tail_request(
+    port: int, head: bytes, body: bytes, tail_sent: asyncio.Event
+) -> tuple[int, dict[str, Any], bool]:
+    """Send head + body but its last BIG_TAIL_BYTES; send those once `tail_sent` is
+    set. Returns (status, JSON body, answered before the tail was sent)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body[:-BIG_TAIL_BYTES])
+        await writer.drain()
+        answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+        waiter = asyncio.ensure_future(tail_sent.wait())
+        await asyncio.wait([answer, waiter], return_when=asyncio.FIRST_COMPLETED)
+        early = answer.done()
+        if not early:
+            writer.write(body[-BIG_TAIL_BYTES:])
+            await writer.drain()
+        waiter.cancel()
+        raw = await asyncio.wait_for(answer, timeout=REQUEST_TIMEOUT_S)
+        status_line, *lines = raw[:-4].decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        data = await reader.readexactly(int(headers.get("content-length", "0")))
+        status = int(status_line.split()[1])
+        payload = json.loads(data) if data else {}
+        if status == 503:
+            assert headers.get("retry-after", "").isdigit(), headers
+        return status, payload, early
+    finally:
+        writer.close()
+
+
+async def test_bodies_held_in_memory_at_once_are_bounded_by_the_inflight_limit(
+    tmp_path: Path,
+) -> None:
+    """OVL-04 (big bodies; the node's RSS is measured, no memory cgroup): many
+    authenticated clients each send a 1 MiB body at once. The node may hold at most
+    `inflight_bytes_max` of bodies (plus a per-connection buffer allowance); the rest
+    get their 503 before their body is read."""
+    out = tmp_path / "objects"
+    async with control_plane(str(tmp_path)) as cp:
+        dest = await cp.local_destination(str(out))
+        endpoint = await cp.endpoint(dest["id"])
+        env = {
+            "EDGEMQ_INFLIGHT_BYTES_MAX": str(BIG_INFLIGHT_BYTES_MAX),
+            "EDGEMQ_UNSHIPPED_BYTES_MAX": str(256 * MIB),
+        }
+        async with node_process(cp, tmp_path / "node", env) as node:
+            line = b'{"pad": "' + b"m" * 1000 + b'"}\n'
+            body = line * (BIG_BODY_BYTES // len(line))
+            head = (
+                f"POST /ingest/{endpoint['id']} HTTP/1.1\r\nHost: node\r\n"
+                f"X-API-Key: {cp.api_key}\r\nContent-Type: {NDJSON}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            tail_sent = asyncio.Event()
+            with RssSampler(node.pid) as rss:
+                baseline = rss.peak
+                requests = [
+                    asyncio.ensure_future(held_tail_request(node.http_port, head, body, tail_sent))
+                    for _ in range(BIG_BODY_CONNECTIONS)
+                ]
+                await asyncio.sleep(BIG_TAIL_HOLD_S)  # every body is in flight now
+                held_peak = rss.peak
+                tail_sent.set()
+                answers = await asyncio.gather(*requests)
+                peak = rss.peak
+            await drained(node, endpoint["id"])
+            assert await node.terminate() == 0, node.log_tail()
+
+    statuses = Counter(status for status, _, _ in answers)
+    reasons = Counter(
+        payload["error"].get("reason") for status, payload, _ in answers if status == 503
+    )
+    early_503 = sum(1 for status, _, early in answers if status == 503 and early)
+    allowance = (
+        BIG_INFLIGHT_BYTES_MAX + BIG_BODY_CONNECTIONS * CONNECTION_BUFFER_BYTES + RSS_SLACK_BYTES
+    )
+    figures = {
+        "connections": BIG_BODY_CONNECTIONS,
+        "body_bytes": len(body),
+        "inflight_bytes_max": BIG_INFLIGHT_BYTES_MAX,
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "reasons_503": dict(reasons),
+        "refused_before_the_body": early_503,
+        "refused_after_the_body": statuses[503] - early_503,
+        "rss_baseline_mib": round(baseline / MIB, 1),
+        "rss_growth_while_held_mib": round((held_peak - baseline) / MIB, 1),
+        "rss_growth_peak_mib": round((peak - baseline) / MIB, 1),
+        "rss_growth_allowed_mib": round(allowance / MIB, 1),
+    }
+    report_line("OVL-04", **figures)
+    assert set(statuses) <= {200, 503}, figures
+    assert statuses[200] >= 1, figures
+    assert statuses[503] >= BIG_BODY_CONNECTIONS // 2, figures
+    # Reserved bodies are at most inflight_bytes_max / body size at a time; only those
+    # may still be refused after their body was read (e.g. `wal_full`: the WAL counts
+    # framed bytes against the same limit).
+    assert statuses[503] - early_503 <= BIG_INFLIGHT_BYTES_MAX // BIG_BODY_BYTES, figures
+    assert peak - baseline <= allowance, figures
 
 
 # ------------------------------------------------------------------------ OVL-03
@@ -597,10 +774,10 @@ async def dribble(
 
 
 async def test_slowloris_and_slow_bodies_are_cut_by_deadlines_while_normal_clients_get_through(
-    tmp_path: Path,
+    tmp_path: Path, seed: int
 ) -> None:
     """OVL-03."""
-    rng = random.Random(_seed())
+    rng = random.Random(seed)
     out = tmp_path / "objects"
     async with control_plane(str(tmp_path)) as cp:
         dest = await cp.local_destination(str(out))
@@ -611,8 +788,7 @@ async def test_slowloris_and_slow_bodies_are_cut_by_deadlines_while_normal_clien
             "EDGEMQ_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         }
         async with node_process(cp, tmp_path / "node", env) as node:
-            assert node.proc is not None
-            pid = node.proc.pid
+            pid = node.pid
             port = node.http_port
             fds_before = await asyncio.to_thread(open_fds, pid)
             slow_head = (
@@ -713,7 +889,7 @@ async def test_slowloris_and_slow_bodies_are_cut_by_deadlines_while_normal_clien
     for k in ("slow_head_closed_p50_s", "slow_head_closed_max_s", "slow_body_closed_max_s"):
         if figures[k] is not None:
             figures[k] = round(figures[k], 2)
-    report("OVL-03", **figures)
+    report_line("OVL-03", **figures)
 
     assert figures["errors"] == [], figures
     # The attack happened: every slow connection was open (the node had them all at
