@@ -210,7 +210,7 @@ class MqttSession(asyncio.Protocol):
                 else:
                     found = decode_varint(data, pos + 1)
                     if found is None:
-                        need = 5
+                        need = n - pos + 1  # the length field goes on: one byte more
                         break
                     length, start = found
                 if length > max_packet:

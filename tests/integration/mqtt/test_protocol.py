@@ -419,3 +419,29 @@ async def test_a_session_on_an_expiring_token_ends_at_expiry_with_not_authorized
         10,
     )
     assert late.code == 0x86
+
+
+@pytest.mark.parametrize("v5", [False, True])
+async def test_packets_trickling_in_a_byte_at_a_time_are_parsed_once_whole(
+    stack: Stack, v5: bool
+) -> None:
+    wal = await stack.wal()
+    client = await stack.raw(v5=v5, username=f"dev@{stack.endpoint_id}")
+    stream = cc.publish("sensors/slow", b"s" * 300, qos=1, packet_id=1, v5=v5) + cc.publish(
+        "sensors/slow", b"t", qos=2, packet_id=2, v5=v5
+    )
+    with recording(wal) as chunks:
+        for i in range(len(stream)):
+            await client.send(stream[i : i + 1])
+        first, second = await client.packet(), await client.packet()
+        assert first is not None
+        assert second is not None
+        assert [
+            (first.type, cc.decode_ack(first.body)),
+            (second.type, cc.decode_ack(second.body)),
+        ] == [
+            (4, (1, 0)),
+            (5, (2, 0)),
+        ]
+    assert frames_of(chunks) == [("sensors/slow", b"s" * 300), ("sensors/slow", b"t")]
+    await client.close()
