@@ -49,7 +49,16 @@ class WalFull(WalError):
 
 
 class WalFailed(WalError):
-    """A write or fsync failed. The WAL accepts nothing more until it is reopened."""
+    """A write or fsync failed. The WAL accepts nothing more until it is reopened.
+
+    `maybe_written` is True for the appends of the batch that was being written or
+    synced when it failed: their bytes may have reached the disk and be kept by
+    recovery, so for a client the outcome is unknown (not a refusal). Appends that
+    were still queued get `maybe_written=False`: they were certainly not written."""
+
+    def __init__(self, message: str, *, maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 class WalClosed(WalError):

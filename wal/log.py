@@ -331,14 +331,20 @@ class WriteAheadLog:
         if self._on_sealed is not None:
             self._on_sealed(segment)
 
-    def _fail_waiting(self, items: list[_Pending]) -> None:
-        assert self._failure is not None
-        while self._queue:
-            items.append(self._queue.popleft())
-        for item in items:
-            self._pending_bytes -= len(item.data)
-            if not item.future.done():
-                item.future.set_exception(self._failure)
+    def _fail_waiting(self, in_flight: list[_Pending]) -> None:
+        """Fail every unacknowledged append: `in_flight` (the batch the error hit, whose
+        bytes may be on disk) as `maybe_written`, the queued ones as not written."""
+        failure = self._failure
+        assert failure is not None
+        maybe = WalFailed(str(failure), maybe_written=True)
+        maybe.__cause__ = failure.__cause__
+        queued = list(self._queue)
+        self._queue.clear()
+        for items, error in ((in_flight, maybe), (queued, failure)):
+            for item in items:
+                self._pending_bytes -= len(item.data)
+                if not item.future.done():
+                    item.future.set_exception(error)
 
     def _writer_stopped(self) -> None:
         if not self._done.done():

@@ -159,10 +159,12 @@ async def test_a_failed_fsync_is_sticky_and_never_retried(tmp_path: Path) -> Non
     wal = await _open(tmp_path, ops)
     await wal.append([b"before"], tenant=1)
     ops.fail_sync = True
-    with pytest.raises(WalFailed):
+    with pytest.raises(WalFailed) as in_flight:
         await wal.append([b"lost"], tenant=1)
-    with pytest.raises(WalFailed):
+    assert in_flight.value.maybe_written  # written, not synced: outcome unknown
+    with pytest.raises(WalFailed) as later:
         wal.append([b"after"], tenant=1)
+    assert not later.value.maybe_written
     assert wal.failed is not None
     assert ops.sync_attempts_after_failure == 1
     await wal.close()
@@ -223,3 +225,20 @@ async def test_unshipped_bytes_count_a_segment_between_its_seal_and_the_loop_tak
             assert ack.seq == 1
         finally:
             await wal.close()
+
+
+async def test_appends_queued_behind_a_failed_batch_fail_as_certainly_not_written(
+    tmp_path: Path,
+) -> None:
+    ops = SpyFileOps()
+    wal = await _open(tmp_path, ops)
+    await wal.append([b"before"], tenant=1)
+    ops.fail_sync = True
+    futures = [wal.append([b"r%d" % i * 200], tenant=1) for i in range(50)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, WalFailed) for r in results)
+    maybe = [r.maybe_written for r in results if isinstance(r, WalFailed)]
+    assert maybe[0] is True  # the first batch was written when its fsync failed
+    # whatever was not in that batch was never written
+    assert maybe == sorted(maybe, reverse=True)
+    await wal.close()
