@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .codec import (
     ACK_PROPS,
@@ -144,15 +145,28 @@ def decode_connect(flags: int, body: bytes) -> Connect:
     )
 
 
+_VALID_TOPICS: dict[bytes, None] = {}
+"""Memo of topic names already found valid (devices repeat theirs); bounded below."""
+VALID_TOPICS_MAX = 4096
+VALID_TOPIC_BYTES_MAX = 256
+
+
 def check_topic_name(raw: bytes) -> None:
     """A topic name a client may publish to: UTF-8, no U+0000, no wildcards."""
+    if raw in _VALID_TOPICS:
+        return
     if b"+" in raw or b"#" in raw:
         raise MalformedPacket("wildcards are not allowed in a topic name")
     decode_string(raw, "the topic name")
+    if len(raw) <= VALID_TOPIC_BYTES_MAX:
+        if len(_VALID_TOPICS) >= VALID_TOPICS_MAX:
+            _VALID_TOPICS.clear()
+        _VALID_TOPICS[raw] = None
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
+class Publish(NamedTuple):
+    """A decoded PUBLISH (a tuple: built once per message on the hot path)."""
+
     qos: int
     dup: bool
     retain: bool
@@ -166,7 +180,7 @@ class Publish:
 
 def decode_publish(flags: int, body: bytes, v5: bool) -> Publish:
     qos = (flags >> 1) & 0x03
-    dup = bool(flags & 0x08)
+    dup = flags & 0x08 != 0
     if qos == 3:
         raise MalformedPacket("PUBLISH with QoS 3")
     if dup and qos == 0:
@@ -210,7 +224,7 @@ def decode_publish(flags: int, body: bytes, v5: bool) -> Publish:
             raise ProtocolError("empty topic name without a topic alias")
     else:
         check_topic_name(topic_field[2:])
-    return Publish(qos, dup, bool(flags & 0x01), topic_field, packet_id, alias, body[pos:])
+    return Publish(qos, dup, flags & 0x01 != 0, topic_field, packet_id, alias, body[pos:])
 
 
 def decode_pubrel(flags: int, body: bytes, v5: bool) -> int:

@@ -27,8 +27,10 @@ import functools
 import time
 from typing import TYPE_CHECKING
 
+import google_crc32c
+
 from wal import AppendAck, WalClosed, WalFailed, WalFull
-from wal.frame import FMT_TOPIC, HEADER, HEADER_BYTES, LEN_AFTER_CRC, crc32c
+from wal.frame import FMT_TOPIC, HEADER, LEN_AFTER_CRC
 
 from .codec import (
     PACKET_ID_NOT_FOUND,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from .session import MqttSession
 
 RETRY_FIRST_S, RETRY_MAX_S = 0.005, 1.0
+_pack = HEADER.pack
+_crc = google_crc32c.value  # wal.frame.crc32c without its wrapper: once per message
 
 
 class _Entry:
@@ -99,9 +103,7 @@ class Publisher:
         self.reset_batch()
 
     def reset_batch(self) -> None:
-        self._frames: list[bytes] = []
-        self._nframes = 0
-        self._nbytes = 0
+        self._frames: list[bytes] = []  # header, payload, header, payload, …
         self._acks: list[bytes] = []
         self._b_acked = 0
         self._b_released = 0
@@ -150,16 +152,14 @@ class Publisher:
             else:
                 self.qos2.add(pid)
                 self._acks.append(encode_pubrec(pid))
-        if not self._nframes:
+        frames = self._frames
+        if not frames:
             self._ts_ms = self.session.listener.clock.time_ms()
         payload = topic + p.message
-        size = len(payload)
-        self._frames.append(
-            HEADER.pack(LEN_AFTER_CRC + size, crc32c(payload), FMT_TOPIC, self.tenant, self._ts_ms)
+        frames.append(
+            _pack(LEN_AFTER_CRC + len(payload), _crc(payload), FMT_TOPIC, self.tenant, self._ts_ms)
         )
-        self._frames.append(payload)
-        self._nframes += 1
-        self._nbytes += HEADER_BYTES + size
+        frames.append(payload)
 
     def pubrel(self, pid: int) -> None:
         if pid in self.qos2:
@@ -172,11 +172,13 @@ class Publisher:
     # ---------------------------------------------------------- committing
     def commit(self, started: float) -> None:
         """The read is parsed: append its frames (one append) and queue its acks."""
-        if not self._nframes and not self._acks:
+        frames = self._frames
+        if not frames and not self._acks:
             return
         entry = _Entry(self._acks, self._b_acked, self._b_released, self._b_qos1)
         entry.started = started
-        entry.data, entry.frames, entry.nbytes = b"".join(self._frames), self._nframes, self._nbytes
+        entry.data = b"".join(frames)
+        entry.frames, entry.nbytes = len(frames) // 2, len(entry.data)
         self.reset_batch()
         if entry.frames:
             self._append(entry)

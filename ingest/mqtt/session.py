@@ -207,6 +207,9 @@ class MqttSession(asyncio.Protocol):
                 first, length = data[pos], data[pos + 1]
                 if length < 0x80:
                     start = pos + 2
+                elif n - pos > 2 and 0 < data[pos + 2] < 0x80:  # two length bytes
+                    length = (length & 0x7F) | data[pos + 2] << 7
+                    start = pos + 3
                 else:
                     found = decode_varint(data, pos + 1)
                     if found is None:
