@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from wal import WalClosed, WalFailed, WalFull
 
@@ -208,6 +208,19 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "config_epoch": node.config_epoch})
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` is answered as aiohttp's default handler does; any other
+    expectation gets its 417 in the JSON error shape (aiohttp's own 417 is plain text
+    and, raised before the middleware runs, escapes `count_and_shape_errors`)."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+        return None
+    return error_response(417, "expectation_failed", "only Expect: 100-continue is supported")
+
+
 @web.middleware
 async def count_and_shape_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -232,10 +245,12 @@ def build_app(node: Node) -> web.Application:
         middlewares=[count_and_shape_errors],
     )
     app[NODE_KEY] = node
-    app.router.add_post("/ingest", ingest)
-    app.router.add_post("/ingest/{endpoint_id}", ingest)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/mqtt", websocket_handler(node))  # MQTT over WebSocket (ingest/mqtt)
+    expect = expect_continue
+    app.router.add_post("/ingest", ingest, expect_handler=expect)
+    app.router.add_post("/ingest/{endpoint_id}", ingest, expect_handler=expect)
+    app.router.add_get("/metrics", metrics_handler, expect_handler=expect)
+    app.router.add_get("/healthz", healthz, expect_handler=expect)
+    app.router.add_get("/readyz", readyz, expect_handler=expect)
+    # MQTT over WebSocket (ingest/mqtt)
+    app.router.add_get("/mqtt", websocket_handler(node), expect_handler=expect)
     return app
