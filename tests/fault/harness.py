@@ -614,6 +614,18 @@ class Harness:
                 puts[key] += 1
         return puts
 
+    def node_assume_roles(self) -> int:
+        """AssumeRole calls the node made for this scenario's role (moto's recorder)."""
+        role_arn = self.lake.destination["role_arn"]
+        return sum(
+            1
+            for r in self.moto.requests()
+            if r.method == "POST"
+            and r.body.startswith(b"Action=AssumeRole")
+            and r.form().get("RoleSessionName") == "edgemq-node"
+            and r.form().get("RoleArn") == role_arn
+        )
+
     def is_bucket_put(self, method: str, target: str) -> bool:
         return method == "PUT" and target.startswith(f"/{self.lake.bucket}/{PREFIX}/")
 

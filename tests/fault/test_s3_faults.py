@@ -1,7 +1,8 @@
 """S3 faults (docs/RELIABILITY.md S3-01, S3-02, S3-04, S3-05) between a node process and
 moto's S3 server, injected by the fault proxy the destination's endpoint_url points at.
 
-- S3-01 transient 5xx on a seeded schedule: retried with backoff until everything lands;
+- S3-01 transient 5xx (and an expired session token) on a seeded schedule: retried
+  with backoff until everything lands;
 - S3-02 ambiguous PUTs (applied upstream, then the connection is reset — twice in a
   row, since aiohttp resends an idempotent request once): retries overwrite the same
   keys, nothing is duplicated;
@@ -47,7 +48,12 @@ async def test_s301_seeded_transient_5xx_on_s3_writes_are_retried_until_everythi
     async with Harness(tmp_path, moto, "S3-01", seed=seed, fast_retries=True) as h:
         assert h.s3_proxy is not None
         await h.start_node()
-        rates = {"error_503": 0.15, "error_500": 0.1, "error:503:ServiceUnavailable": 0.05}
+        rates = {
+            "error_503": 0.12,
+            "error_500": 0.08,
+            "error:503:ServiceUnavailable": 0.05,
+            "error:400:ExpiredToken": 0.05,  # transient: credentials dropped, role assumed again
+        }
         h.s3_proxy.random_schedule(seed, rates, when=h.is_bucket_put)
         async with h.traffic(writers=2) as t:
             await wait_for(
@@ -59,16 +65,20 @@ async def test_s301_seeded_transient_5xx_on_s3_writes_are_retried_until_everythi
         drain_s = await h.drain()
         result = await h.reconcile()
         by_action = collections.Counter(e.action for e in h.s3_proxy.log if e.action != "pass")
+        assumed = await asyncio.to_thread(h.node_assume_roles)
         h.report(
             result,
             s3_requests=len(h.s3_proxy.log),
             faults_injected=sum(by_action.values()),
             faults_by_kind=dict(by_action),
+            role_assumed=assumed,
             **h.retries_seen(),
             drain_s=round(drain_s, 2),
         )
         assert sum(by_action.values()) >= 8, by_action
         assert h.retries_seen()["store_retries"] >= 1, h.logs()
+        # Each expired token made the node assume the role again.
+        assert assumed >= 1 + by_action["error:400:ExpiredToken"], assumed
         h.assert_clean(result, duplicates=False)
 
 
