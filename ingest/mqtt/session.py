@@ -11,7 +11,8 @@ Reading is paused (never dropped) while any of these holds:
 - INFLIGHT: `receive_maximum` PUBACK/PUBREC are owed; resumes at half that;
 - WRITE: the transport's write buffer is full (the client does not read its acks);
 - WAIT: the endpoint's WAL is being opened, or the session is closing.
-While paused the keep-alive is not enforced (the client's PINGREQs are not being read).
+While HELD or INFLIGHT the keep-alive is not enforced (the node is not reading the
+client's PINGREQs); a client that stops reading its acks (WRITE) still times out.
 
 States: NEW → (CONNECT) → OPENING (only while the endpoint's WAL is being opened) →
 OPEN → CLOSING (graceful: reading stopped, owed acks flushed for up to
@@ -379,7 +380,10 @@ class MqttSession(asyncio.Protocol):
             grant, publisher = self.grant, self.publisher
             assert grant is not None
             assert publisher is not None
-            if self._idle_limit_s and not self._pause and now - self.last_rx > self._idle_limit_s:
+            # Not while the node itself holds reading back (its WAL, its acks to write);
+            # a client that stops reading its acks (WRITE) is idle like any other.
+            idle = self._idle_limit_s and not self._pause & (HELD | INFLIGHT)
+            if idle and now - self.last_rx > self._idle_limit_s:
                 self.fail(MqttError("keep alive timeout", KEEP_ALIVE_TIMEOUT))
             elif grant.expires_at is not None and wall >= grant.expires_at:
                 self.retire(NOT_AUTHORIZED, "token_expired")

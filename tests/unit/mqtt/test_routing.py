@@ -84,7 +84,14 @@ def test_sessions_stay_allowed_only_while_endpoint_and_key_stay_valid() -> None:
 
 @pytest.mark.parametrize(
     ("host", "label"),
-    [("ep1.mqtt.example.com", "ep1"), ("ep1.example.com:8080", "ep1"), ("localhost", "localhost"), ("", None), (None, None), ("[::1]", "[::1]")],
+    [
+        ("ep1.mqtt.example.com", "ep1"),
+        ("ep1.example.com:8080", "ep1"),
+        ("localhost", "localhost"),
+        ("", None),
+        (None, None),
+        ("[::1]", "[::1]"),
+    ],
 )
 def test_first_label(host: str | None, label: str | None) -> None:
     assert first_label(host) == label
