@@ -120,7 +120,15 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
         async with h.traffic(writers=2) as t:
             code = await h.node.wait_exit(60)
             acked_before_crash = t.acked
-            keys_before_crash = await asyncio.to_thread(h.s3_puts)
+            node_id = await asyncio.to_thread(h.node_id)
+            keys_before_crash = {
+                k: n for k, n in (await asyncio.to_thread(h.s3_puts)).items() if node_id in k
+            }
+            sealed_at_crash = await asyncio.to_thread(h.sealed_segments)
+            reported_at_crash = {
+                int(name.removesuffix(".json").split("~")[2])
+                for name in await asyncio.to_thread(h.queued_reports)
+            }
             restarted = loop.time()
             h.node.start()  # without the failpoint
             recovery_s = await t.ok_after(restarted)
@@ -128,15 +136,21 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
         await h.drain()
         result = await h.reconcile()
         manifests = await asyncio.to_thread(load_manifests, h.reader())
-        node_ids = {m.node_id for m in manifests.values()}
-        puts = {
-            k: n
-            for k, n in (await asyncio.to_thread(h.s3_puts)).items()
-            if any(node_id in k for node_id in node_ids)
-        }
+        assert {m.node_id for m in manifests.values()} == {node_id}
+        puts = {k: n for k, n in (await asyncio.to_thread(h.s3_puts)).items() if node_id in k}
         rewritten = sorted(k for k, n in puts.items() if n > 1)
         per_segment = collections.Counter((m.node_id, m.epoch, m.seq) for m in manifests.values())
         fired = h.node_log_count(f"failpoint {failpoint} fired: crash")
+        # The segment(s) the crash interrupted: the reports in the outbox for the outbox
+        # steps, the oldest sealed segment without a report for the delivery steps
+        # (segments are delivered in order).
+        if failpoint.startswith("outbox."):
+            crashed = reported_at_crash
+        elif failpoint.startswith("delivery."):
+            crashed = {min(set(sealed_at_crash) - reported_at_crash, default=-1)}
+        else:
+            crashed = set()  # a WAL step: no delivery was interrupted on purpose
+        crashed_keys = {k: n for k, n in puts.items() if _segment_of(k) in crashed}
         h.report(
             result,
             failpoint=failpoint,
@@ -148,6 +162,8 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
             recovery_s=round(recovery_s, 3),
             keys_written=len(puts),
             keys_rewritten=len(rewritten),
+            crashed_segments=sorted(crashed),
+            crashed_segment_puts=sorted(crashed_keys.values()),
             manifests_per_segment_max=max(per_segment.values()),
         )
         assert (code, fired) == (CRASH_EXIT, 1), h.logs()
@@ -155,13 +171,27 @@ async def test_dur03_a_crash_at_each_step_loses_nothing_and_reuses_the_same_keys
         assert max(per_segment.values()) == 1, per_segment
         listed = set(await asyncio.to_thread(h.reader().list_keys))
         assert set(puts) <= listed, sorted(set(puts) - listed)
+        assert set(rewritten) <= set(keys_before_crash), "a retry wrote only keys seen before"
+        if failpoint.startswith("outbox."):
+            assert reported_at_crash, "the crash left its report in the outbox"
         if reupload == "none":
-            assert rewritten == [], rewritten
+            assert crashed_keys, crashed
+            assert set(crashed_keys.values()) == {1}, f"uploaded again: {crashed_keys}"
         elif reupload == "some":
-            assert rewritten, f"{failpoint}: the restart did not deliver the segment again"
-            assert set(rewritten) <= set(keys_before_crash), rewritten
+            assert max(crashed_keys.values(), default=0) > 1, f"not redelivered: {crashed_keys}"
         if failpoint.startswith("wal."):
             assert acked_before_crash > 0, "the crash came after some acknowledged data"
+
+
+def _segment_of(key: str) -> int | None:
+    """The segment number in an artifact or manifest key (DESIGN.md §6 layout)."""
+    name = key.rsplit("/", 1)[-1]
+    for prefix_end, suffix in (("seg-", ".wal.zst"), ("seg-", ".json"), ("-", ".parquet")):
+        if name.endswith(suffix):
+            stem = name.removesuffix(suffix)
+            digits = stem[len(prefix_end) :] if prefix_end == "seg-" else stem.rsplit("-", 1)[-1]
+            return int(digits) if digits.isdigit() else None
+    return None
 
 
 # ------------------------------------------------------------------------ DUR-05
