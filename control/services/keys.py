@@ -61,20 +61,23 @@ async def insert_key(
     key = generate_key()
     key_id = new_id()
     now = now_ms()
-    await ctx.db.execute(
-        "INSERT INTO api_keys (id, account_id, name, owner, digest, prefix, scopes, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            key_id,
-            account_id,
-            name,
-            owner,
-            key_digest(key),
-            display_prefix(key),
-            ",".join(scopes),
-            now,
-        ),
-    )
+    async with ctx.db.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO api_keys (id, account_id, name, owner, digest, prefix, scopes, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key_id,
+                account_id,
+                name,
+                owner,
+                key_digest(key),
+                display_prefix(key),
+                ",".join(scopes),
+                now,
+            ),
+        )
+        if "ingest" in scopes:
+            await ctx.bump_epoch(tx)  # nodes learn the digest from their next snapshot
     return {
         "id": key_id,
         "name": name,

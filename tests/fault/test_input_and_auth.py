@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import pytest
 import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -864,12 +863,6 @@ NEW_KEY_WAIT_S = 8.0
 """A node long-polls its snapshot: a key change reaches it in well under a second."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (control/services/keys.py): creating an API key does not bump the config "
-    "epoch, so running nodes never receive its digest and answer 401 until some other "
-    "change bumps the epoch (revoke_key does bump it)",
-)
 async def test_a_key_created_while_a_node_runs_is_accepted_once_it_has_the_snapshot(
     tmp_path: Path,
 ) -> None:
