@@ -6,7 +6,8 @@ readers must agree: `iter_frames`, `StreamReader` over a stream and `decode_colu
 decode the same frames, or fail with the same error class at the same offset (the
 column decoder documents that it "checks exactly what reader.decode_at checks").
 
-    python tests/fuzz/fuzz_frames.py -runs=100000 tests/fuzz/corpus/frames
+    mkdir -p /tmp/frames   # new inputs go to the first corpus directory
+    python tests/fuzz/fuzz_frames.py -runs=100000 /tmp/frames tests/fuzz/corpus/frames
 """
 
 from __future__ import annotations

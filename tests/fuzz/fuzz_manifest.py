@@ -4,8 +4,9 @@ Only `ManifestError` may escape (the module promises it is "strict and total"), 
 manifest that parses re-encodes to bytes that parse to the same manifest, through
 both `msgspec` and `encode_manifest` (which validates before anything is written).
 
+    mkdir -p /tmp/manifest   # new inputs go to the first corpus directory
     python tests/fuzz/fuzz_manifest.py -runs=100000 -dict=tests/fuzz/manifest.dict \\
-        tests/fuzz/corpus/manifest
+        /tmp/manifest tests/fuzz/corpus/manifest
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and the other reason-code errors) may escape. A variable byte integer that decod
 re-encodes to the same bytes (the decoder refuses non-minimal forms), and a PUBLISH
 that decodes has a topic that is UTF-8 without wildcards or U+0000.
 
-    python tests/fuzz/fuzz_mqtt.py -runs=100000 tests/fuzz/corpus/mqtt
+    mkdir -p /tmp/mqtt   # new inputs go to the first corpus directory
+    python tests/fuzz/fuzz_mqtt.py -runs=100000 /tmp/mqtt tests/fuzz/corpus/mqtt
 """
 
 from __future__ import annotations

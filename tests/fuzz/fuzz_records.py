@@ -7,7 +7,8 @@ Only `ingest.body.BodyError` may escape, and what is accepted must be what the m
 promises: within the limits, NDJSON records without a newline, JSON records that the
 standard library parses as strict UTF-8 JSON no deeper than `json_depth_max`.
 
-    python tests/fuzz/fuzz_records.py -runs=100000 tests/fuzz/corpus/records
+    mkdir -p /tmp/records   # new inputs go to the first corpus directory
+    python tests/fuzz/fuzz_records.py -runs=100000 /tmp/records tests/fuzz/corpus/records
 """
 
 from __future__ import annotations

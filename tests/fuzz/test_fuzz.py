@@ -93,7 +93,7 @@ def run_fuzzer(target: str, seconds: int, tmp_path: Path) -> dict[str, object]:
             destination = CRASHERS / target / finding.name
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(finding, destination)
-            kept.append(str(destination.relative_to(ROOT)))
+            kept.append(os.path.relpath(destination, ROOT))
     figures: dict[str, object] = {
         "target": target,
         "seconds": seconds,
