@@ -34,8 +34,13 @@ def _control(args: argparse.Namespace) -> int:
     import asyncio
 
     from control.server import serve
+    from control.services.common import ControlSettings
 
-    asyncio.run(serve(args.database_url, args.host, args.port))
+    settings = ControlSettings(
+        segment_bytes_min=args.segment_bytes_min,
+        public_url=args.public_url or f"http://{args.host}:{args.port}",
+    )
+    asyncio.run(serve(args.database_url, args.host, args.port, settings))
     return 0
 
 
@@ -43,7 +48,7 @@ def _node(args: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import replace
 
-    from ingest.settings import Limits, MqttSettings, NodeSettings
+    from ingest.settings import DeliverySettings, Limits, MqttSettings, NodeSettings
 
     from .node_cmd import run_node, use_uvloop
 
@@ -67,7 +72,11 @@ def _node(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host or None,
         segment_bytes_min=args.segment_bytes_min,
         drain_deadline_s=args.drain_deadline_s,
+        control_timeout_s=args.control_timeout_s,
         limits=limits,
+        delivery=DeliverySettings(
+            retry_cap_s=args.retry_cap_s, permanent_retry_s=args.permanent_retry_s
+        ),
         mqtt=MqttSettings(
             tls_cert_path=args.mqtt_tls_cert or None,
             tls_key_path=args.mqtt_tls_key or None,
@@ -131,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(control, "--host", default="127.0.0.1", help="address to listen on")
     add_option(control, "--port", default=8081, type=int, help="port to listen on")
+    add_option(
+        control,
+        "--segment-bytes-min",
+        default=8 * 1024 * 1024,
+        type=int,
+        help="lowest segment_bytes the API accepts (tests and demos lower it)",
+    )
+    add_option(
+        control,
+        "--public-url",
+        default="",
+        help="URL clients reach this API at (download links); default http://HOST:PORT",
+    )
     control.set_defaults(func=_control)
 
     node = commands.add_parser("node", help="run an ingest node (HTTP ingest, WAL, delivery)")
@@ -202,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         type=float,
         help="a request body must arrive within this time (408 otherwise)",
+    )
+    add_option(
+        node,
+        "--retry-cap-s",
+        default=30.0,
+        type=float,
+        help="longest delay between delivery retries after transient errors",
+    )
+    add_option(
+        node,
+        "--permanent-retry-s",
+        default=60.0,
+        type=float,
+        help="delay between delivery retries after permanent store errors",
+    )
+    add_option(
+        node,
+        "--control-timeout-s",
+        default=10.0,
+        type=float,
+        help="deadline of one call to the control plane",
     )
     node.set_defaults(func=_node)
 

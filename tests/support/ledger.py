@@ -327,10 +327,12 @@ class Reconciliation:
 
 
 def _gaps(seqs: Iterable[int]) -> list[int]:
-    ordered = sorted(set(seqs))
-    if not ordered:
+    """Numbers missing from 1 to the highest seen: every epoch of a WAL starts its
+    segments at 1 (docs/adr/0003), so a lost first segment is a gap too."""
+    present = set(seqs)
+    if not present:
         return []
-    return sorted(set(range(ordered[0], ordered[-1] + 1)) - set(ordered))
+    return sorted(set(range(1, max(present) + 1)) - present)
 
 
 def _raw_rows(reader: ObjectReader, key: str, scratch: str) -> list[tuple[bytes, int, int]]:
