@@ -149,8 +149,6 @@ async def running_stack(tmp: Path) -> AsyncIterator[Stack]:
         other = await other_account(cp)
         foreign_dest = await other.local_destination(str(tmp / "globex"))
         foreign = await other.endpoint(foreign_dest["id"])
-        # Made before the node starts: a key made while nodes run is not sent to them
-        # (see test_a_key_created_while_a_node_runs_is_accepted_once_it_has_the_snapshot).
         revocable = await cp.call(
             "POST", "/v1/api-keys", {"name": "revoke-me", "scopes": ["ingest"]}
         )

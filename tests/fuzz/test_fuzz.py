@@ -38,6 +38,7 @@ LONG = os.environ.get("EDGEMQ_LONG_TESTS") == "1"
 FUZZ_S = 20
 LONG_FUZZ_S = 600
 RSS_LIMIT_MB = 2048
+"""Memory a fuzzing process may use beyond what it inherits (see `own_peak_rss_mb`)."""
 INPUT_TIMEOUT_S = 10
 FINDING_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 
@@ -55,6 +56,17 @@ def kept_inputs() -> list[tuple[str, Path]]:
     return found
 
 
+def own_peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM). A child inherits it as its starting `ru_maxrss`
+    (Linux keeps the high-water mark across fork and exec), which is what libFuzzer's
+    `-rss_limit_mb` compares with: the limit is set above it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def _stat(output: str, name: str) -> int | None:
     match = re.search(rf"stat::{name}:\s+(\d+)", output)
     return int(match.group(1)) if match else None
@@ -66,11 +78,12 @@ def run_fuzzer(target: str, seconds: int, tmp_path: Path) -> dict[str, object]:
     findings = tmp_path / "findings"
     work.mkdir()
     findings.mkdir()
+    inherited_mb = own_peak_rss_mb()
     command = [
         sys.executable,
         str(FUZZ_DIR / f"fuzz_{target}.py"),
         f"-max_total_time={seconds}",
-        f"-rss_limit_mb={RSS_LIMIT_MB}",
+        f"-rss_limit_mb={inherited_mb + RSS_LIMIT_MB}",
         f"-timeout={INPUT_TIMEOUT_S}",
         f"-artifact_prefix={findings}/",
         "-print_final_stats=1",
@@ -102,6 +115,7 @@ def run_fuzzer(target: str, seconds: int, tmp_path: Path) -> dict[str, object]:
         "new_units": _stat(output, "new_units_added"),
         "corpus_after": len(list(work.iterdir())),
         "peak_rss_mb": _stat(output, "peak_rss_mb"),
+        "inherited_rss_mb": inherited_mb,
         "findings": kept,
         "exit_code": done.returncode,
     }
