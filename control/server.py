@@ -78,4 +78,5 @@ async def serve(
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            ctx.close_long_polls()
             await runner.cleanup()

@@ -44,6 +44,12 @@ class Context:
     signer: Signer
     settings: ControlSettings
     epoch_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
+    """Set when the server shuts down: long polls answer at once."""
+
+    def close_long_polls(self) -> None:
+        self.closing = True
+        self.epoch_changed.set()
 
     async def bump_epoch(self, tx: Executor) -> int:
         """Every change nodes must see bumps the global config epoch (in `tx`)."""

@@ -241,7 +241,7 @@ async def config(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        if await ctx.config_epoch() > after or loop.time() >= deadline:
+        if ctx.closing or await ctx.config_epoch() > after or loop.time() >= deadline:
             return await snapshot(ctx, node["region"])
         changed = ctx.epoch_changed
         try:
