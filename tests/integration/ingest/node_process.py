@@ -45,6 +45,7 @@ class NodeProcess:
             "EDGEMQ_DATA_DIR": str(data_dir),
             "EDGEMQ_HOST": "127.0.0.1",
             "EDGEMQ_HTTP_PORT": str(http_port),
+            "EDGEMQ_MQTT_PORT": "0",  # any free port: never collide on 1883
             "EDGEMQ_SEGMENT_BYTES_MIN": str(segment_bytes_min),
             "EDGEMQ_DRAIN_DEADLINE_S": str(drain_deadline_s),
             "EDGEMQ_DISK_RESERVE_BYTES": str(16 * 1024 * 1024),
