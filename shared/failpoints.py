@@ -50,6 +50,8 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
         nth = 1
         if "@" in action:
             action, _, count = action.partition("@")
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(f"{ENV}: the hit count of {name} must be a positive integer")
             nth = int(count)
         if name not in NAMES:
             raise ValueError(f"{ENV}: unknown failpoint {name!r}")

@@ -27,7 +27,7 @@ def test_a_raise_failpoint_fires_on_exactly_its_nth_hit() -> None:
     "spec", ["nope=crash", "wal.before_fsync=explode", "wal.before_fsync=crash@x"]
 )
 def test_a_bad_spec_is_refused(spec: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="EDGEMQ_FAILPOINTS"):
         failpoints.configure(spec)
 
 
