@@ -27,6 +27,13 @@ class Limits:
     retry_after_s: int = 1
     """The Retry-After hint of every 503."""
 
+    def __post_init__(self) -> None:
+        # Note: a request reserves its declared length (chunked: body_bytes_max) of the
+        # in-flight budget while its body arrives, so with inflight_bytes_max below
+        # body_bytes_max chunked requests are always refused (503 inflight).
+        if self.record_bytes_max > self.body_bytes_max:
+            raise ValueError("record_bytes_max must not exceed body_bytes_max")
+
 
 @dataclass(frozen=True, slots=True)
 class DeliverySettings:
