@@ -19,6 +19,7 @@ async def run_node(settings: NodeSettings, *, stop: asyncio.Event | None = None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_files_limit()
     node = Node(settings)
     try:
         await node.start()
@@ -31,6 +32,21 @@ async def run_node(settings: NodeSettings, *, stop: asyncio.Event | None = None)
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Every connection is a descriptor: lift the soft RLIMIT_NOFILE to the hard one
+    (10,000 idle MQTT devices would not fit the common soft limit of 1,024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as err:
+            log.warning("could not raise the open-files limit from %d: %s", soft, err)
+    return soft, hard
 
 
 def use_uvloop() -> None:

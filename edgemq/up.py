@@ -283,9 +283,10 @@ async def run_up(
 
 
 def up(data_dir: str, host: str, control_port: int, ingest_port: int, mqtt_port: int) -> int:
-    from .node_cmd import use_uvloop
+    from .node_cmd import raise_open_files_limit, use_uvloop
 
     use_uvloop()
+    raise_open_files_limit()
     return asyncio.run(
         run_up(os.path.abspath(data_dir), host, control_port, ingest_port, mqtt_port)
     )
