@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -175,6 +176,9 @@ class Node:
         if persisted is not None:
             self._apply(persisted)
             self.metrics.config_epoch.set(persisted.config_epoch)
+        # Scratch space of deliveries a crash interrupted: every unfinished delivery
+        # rebuilds from its sealed segment, so whatever is there is garbage.
+        await asyncio.to_thread(shutil.rmtree, os.path.join(s.data_dir, "work"), True)
         await self.endpoints.open_existing()
 
         self._runner = JsonErrorRunner(
