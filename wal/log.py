@@ -148,6 +148,9 @@ class WriteAheadLog:
         # their difference covers the moment between a seal and its loop callback.
         self._sealed_by_writer = 0
         self._sealed_seen_by_loop = 0
+        # (open segment bytes, _sealed_by_writer), replaced whole by the writer so the
+        # loop never sees one updated without the other.
+        self._writer_counts: tuple[int, int] = (0, 0)
         self._pending_bytes = 0  # queued + in flight, not yet acknowledged
         self._done: asyncio.Future[None] = loop.create_future()
         # Shared (GIL-atomic reads/writes, deque ops; the condition guards sleeping).
@@ -258,8 +261,10 @@ class WriteAheadLog:
     @property
     def unshipped_bytes(self) -> int:
         """Bytes on disk or queued that are not committed yet (exact between batches)."""
-        in_handover = self._sealed_by_writer - self._sealed_seen_by_loop
-        return self._sealed_bytes + in_handover + self._size + self._pending_bytes
+        # One read of the writer's published pair: (open segment bytes, bytes it sealed).
+        open_bytes, sealed_by_writer = self._writer_counts
+        in_handover = sealed_by_writer - self._sealed_seen_by_loop
+        return self._sealed_bytes + in_handover + open_bytes + self._pending_bytes
 
     @property
     def open_segment_bytes(self) -> int:
@@ -438,6 +443,7 @@ class WriteAheadLog:
                 batch.sync_s = time.perf_counter() - started
                 failpoints.hit("wal.after_fsync")
                 self._size += batch.nbytes
+                self._writer_counts = (self._size, self._sealed_by_writer)
                 self._frames += sum(i.frames for i in items)
                 synced, batch = batch, None
                 if self._size >= self._settings.segment_bytes:
@@ -463,6 +469,7 @@ class WriteAheadLog:
         path = os.path.join(self.directory, open_name(self._seq))
         self._file = self._fileops.open_append(path)
         self._size = self._fileops.file_size(path)
+        self._writer_counts = (self._size, self._sealed_by_writer)
         self._fileops.fsync_dir(self.directory)
 
     def _seal_sync(self) -> None:
@@ -474,7 +481,11 @@ class WriteAheadLog:
         self._fileops.rename(os.path.join(self.directory, open_name(seq)), sealed_path)
         failpoints.hit("wal.mid_seal")
         segment = SealedSegment(seq, self.epoch, sealed_path, self._size, self._frames)
-        self._sealed_by_writer += self._size  # before `_size` is reset below
+        # Hand the bytes over in one tuple store: the loop reads the pair at once, so
+        # it counts a sealed segment exactly once, never zero times or twice.
+        self._sealed_by_writer += self._size
+        self._size = 0
+        self._writer_counts = (0, self._sealed_by_writer)
         self._seq = seq + 1
         self._settings = self._next_settings
         self._frames = 0

@@ -1,6 +1,8 @@
 import asyncio
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,36 @@ async def test_appends_queued_behind_a_failed_batch_fail_as_certainly_not_writte
     # whatever was not in that batch was never written
     assert maybe == sorted(maybe, reverse=True)
     await wal.close()
+
+
+class SlowDirSyncOps(OsFileOps):
+    """Directory fsyncs take a while (they do on a busy disk), and the test can see
+    when the writer is inside one."""
+
+    def __init__(self) -> None:
+        self.in_dir_sync = threading.Event()
+
+    def fsync_dir(self, path: str) -> None:
+        self.in_dir_sync.set()
+        time.sleep(0.2)
+        super().fsync_dir(path)
+        self.in_dir_sync.clear()
+
+
+async def test_unshipped_bytes_do_not_count_a_segment_twice_while_the_next_one_opens(
+    tmp_path: Path,
+) -> None:
+    """Sealing opens the next segment and fsyncs the directory after the last ack went
+    out; a client's next request must not see the sealed bytes counted twice then
+    (admission would answer 503 `backlog` early; it once did)."""
+    ops = SlowDirSyncOps()
+    wal = await _open(tmp_path, ops, settings=WalSettings(segment_bytes=64))
+    try:
+        await wal.append([b"x" * 100], tenant=1)  # fills segment 1: the writer seals it
+        deadline = asyncio.get_running_loop().time() + 5
+        while not ops.in_dir_sync.is_set():  # wait until the writer is in the slow part
+            assert asyncio.get_running_loop().time() < deadline, "the seal never started"
+            await asyncio.sleep(0.001)
+        assert wal.unshipped_bytes == 100 + 21
+    finally:
+        await wal.close()
