@@ -18,9 +18,11 @@ from shared.apikeys import NODE_SCOPE
 from shared.tokens import TokenError
 
 from ..auth import Principal
-from ..errors import ApiError, Forbidden, NotFound, Unauthorized
+from ..errors import ApiError, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 from ..services import keys
 from ..services.common import Context
+from ..store.db import Contention, DuplicateKey
+from .metrics import install as install_metrics
 from .routes import ROUTES, Route
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,15 @@ async def api_middleware(
             raise
     except ApiError as err:
         return error_response(err)
+    except DuplicateKey as err:
+        # A concurrent writer (maybe another replica) created the same unique thing
+        # between our check and our insert; services map the usual cases with their
+        # own message, this is the net under the rest.
+        log.info("unique violation in %s %s: %s", request.method, request.path, err)
+        return error_response(Conflict("a resource with these unique fields already exists"))
+    except Contention as err:
+        log.warning("store contention in %s %s: %s", request.method, request.path, err)
+        return error_response(Unavailable("the store is busy; retry", retry_after_s=1))
     except web.HTTPException:
         raise
     except Exception:
@@ -122,4 +133,5 @@ def create_app(ctx: Context) -> web.Application:
     app[CTX] = ctx
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _wrap(route))
+    install_metrics(app, ctx)  # GET /metrics, outside the API's route table
     return app
