@@ -75,7 +75,6 @@ import pstats
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +88,8 @@ SCRIPT = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(SCRIPT))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from _servers import Server, free_port, median, spawn  # noqa: E402 (after the sys.path set-up)
 
 REGIONS = ("fra", "iad", "sin", "syd")
 NODES_PER_REGION = 2
@@ -109,12 +110,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
     return sorted_values[rank - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _proc_stat(pid: int) -> tuple[int, float] | None:
@@ -161,10 +156,6 @@ def _pg_facts(root: str, bindir: str) -> tuple[int, str]:
 def _write_json(path: str, doc: Any) -> None:
     with open(path, "w") as f:
         json.dump(doc, f)
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 # --------------------------------------------------------------------- baseline
@@ -216,49 +207,15 @@ def serve_baseline(port: int, bodies_path: str) -> int:
 
 
 # ----------------------------------------------------------------------- servers
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: str
-    log_file: Any
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log_file.close()
-
-
 def start_process(
     name: str, argv: list[str], cpu: int | None, workdir: str, timeout_s: float = 60.0
 ) -> Server:
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    log_path = os.path.join(workdir, f"{name}-{port}.log")
-    log_file = open(log_path, "wb")  # noqa: SIM115 (closed in Server.stop)
     # Own session = own scheduler autogroup: the server competes with other sessions'
     # processes as one group, like the baseline, not inside the benchmark's group.
-    proc = subprocess.Popen(
-        argv, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    server = Server(name, proc, port, log_path, log_file)
+    server = spawn(name, argv, cpu=cpu, workdir=workdir, port=port)
+    proc = server.proc
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -97,10 +97,7 @@ import os
 import pstats
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -112,6 +109,22 @@ SCRIPT = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(SCRIPT))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from _servers import (  # noqa: E402 (after the sys.path set-up above)
+    Server,
+    free_port,
+    fs_type,
+    main_thread_cpu_s,
+    proc_cpu_s,
+    spawn,
+    vm_hwm_bytes,
+)
+from _servers import fmt_k as _fmt_k  # noqa: E402
+from _servers import install_stop as _install_stop  # noqa: E402
+from _servers import loop_factory as _loop_factory  # noqa: E402
+from _servers import median as _median  # noqa: E402
+from _servers import read_json as _read_json  # noqa: E402
+from _servers import write_json as _write_json  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -144,79 +157,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
     return sorted_values[rank - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fs_type(path: str) -> str:
-    """File system type of the mount holding `path` (from /proc/mounts)."""
-    path = os.path.realpath(path)
-    best, kind = "", "unknown"
-    with contextlib.suppress(OSError), open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if (
-                len(parts) >= 3
-                and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/"))
-                and len(parts[1]) >= len(best)
-            ):
-                best, kind = parts[1], parts[2]
-    return kind
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def main_thread_cpu_s(pid: int) -> float:
-    """utime + stime of the process's main thread (the event loop), seconds."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def vm_hwm_bytes(pid: int) -> int:
-    """Peak resident set size (VmHWM) of a process, bytes; 0 when unknown."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _fmt_k(x: float) -> str:
-    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-
-
-def _write_json(path: str, doc: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _loop_factory(use_uvloop: bool = True) -> Any:
-    if not use_uvloop:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 # ------------------------------------------------------------------------- data
@@ -264,13 +204,6 @@ def build_requests(bodies: Sequence[bytes], path: str, port: int, api_key: str) 
 
 
 # ---------------------------------------------------------------- server processes
-def _install_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 def _profiler() -> cProfile.Profile | None:
     return cProfile.Profile() if os.environ.get(PROFILE_ENV) else None
 
@@ -318,15 +251,6 @@ async def serve_control(root: str, info_path: str, e1_segment_bytes: int, e1_age
         )
         print(f"control plane on {cp.url}", flush=True)
         await stop.wait()
-
-
-def _read_json(path: str) -> Any:
-    """The JSON document at `path`, None while it does not exist."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 async def serve_node(info: dict[str, Any], data_dir: str, port: int) -> None:
@@ -398,39 +322,6 @@ async def serve_plain(port: int, wal_dir: str | None = None) -> None:
         await wal.close()
 
 
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: str
-    log_file: Any
-    data_dir: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log_file.close()
-
-
 def start_server(
     name: str,
     mode_args: list[str],
@@ -442,19 +333,7 @@ def start_server(
 ) -> Server:
     port = port or free_port()
     argv = [sys.executable, SCRIPT, *mode_args, "--port", str(port)]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    log_path = os.path.join(workdir, f"{name}-{port}.log")
-    log_file = open(log_path, "wb")  # noqa: SIM115 (closed in Server.stop)
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    return Server(name, proc, port, log_path, log_file)
+    return spawn(name, argv, cpu=cpu, workdir=workdir, port=port, env=env)
 
 
 async def wait_ready(server: Server, session: Any, timeout_s: float = 60.0) -> None:
@@ -818,9 +697,7 @@ class Bench:
         return server
 
     def stop_side(self, server: Server) -> None:
-        server.stop()
-        if server.data_dir:
-            shutil.rmtree(server.data_dir, ignore_errors=True)
+        server.stop()  # removes server.data_dir
 
     # -- workloads
     def workload(self, name: str, port: int, side: str) -> Workload:
@@ -1206,10 +1083,6 @@ def serve(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(coro)
     return 0
-
-
-def _median(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 async def amain(args: argparse.Namespace, root: str, pin: tuple[int, int] | None) -> dict[str, Any]:

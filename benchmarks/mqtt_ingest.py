@@ -115,7 +115,6 @@ import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,6 +128,23 @@ SCRIPT = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(SCRIPT))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from _servers import (  # noqa: E402 (after the sys.path set-up above)
+    Server,
+    free_port,
+    fs_type,
+    loadavg,
+    main_thread_cpu_s,
+    proc_cpu_s,
+    proc_status_bytes,
+    proc_user_sys_s,
+    spawn,
+)
+from _servers import fmt_k as _fmt_k  # noqa: E402
+from _servers import loop_factory as _loop_factory  # noqa: E402
+from _servers import median as _median  # noqa: E402
+from _servers import read_json as _read_json  # noqa: E402
+from _servers import write_json as _write_json  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -151,62 +167,6 @@ SIDE_ORDER = ("node", "mosquitto", "amqtt")
 
 
 # ---------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fs_type(path: str) -> str:
-    """File system type of the mount holding `path` (from /proc/mounts)."""
-    path = os.path.realpath(path)
-    best, kind = "", "unknown"
-    with contextlib.suppress(OSError), open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if (
-                len(parts) >= 3
-                and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/"))
-                and len(parts[1]) >= len(best)
-            ):
-                best, kind = parts[1], parts[2]
-    return kind
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds; 0 when it is gone."""
-    return sum(proc_user_sys_s(pid))
-
-
-def proc_user_sys_s(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process (all its threads), seconds; zeros when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0, 0.0
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def main_thread_cpu_s(pid: int) -> float:
-    """utime + stime of the process's main thread (the event loop), seconds."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_status_bytes(pid: int, key: str) -> int:
-    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), bytes; 0 when unknown."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def nofile_limit(pid: int) -> str:
     """The 'Max open files' soft/hard limits of a process (from /proc/PID/limits)."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/limits") as f:
@@ -242,12 +202,6 @@ def cpu_busy(before: dict[int, tuple[int, int]], cpu: int | None) -> float | Non
     return busy / total if total > 0 else None
 
 
-def loadavg() -> str:
-    with contextlib.suppress(OSError), open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-    return "unknown"
-
-
 def raise_nofile() -> tuple[int, int]:
     """Soft RLIMIT_NOFILE up to the hard limit; the limits afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -256,38 +210,6 @@ def raise_nofile() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def _fmt_k(x: float) -> str:
-    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-
-
-def _write_json(path: str, doc: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
-def _median(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def make_payload(i: int) -> bytes:
@@ -361,63 +283,6 @@ def serve_node_profiled(cli_args: list[str]) -> int:
 
 
 # ------------------------------------------------------------ server processes
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: str
-    log_file: Any
-    http_port: int = 0
-    data_dir: str | None = None
-    stop_signal: int = signal.SIGTERM
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log_file.close()
-        if self.data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-def spawn(
-    name: str,
-    argv: list[str],
-    *,
-    cpu: int | None,
-    workdir: str,
-    port: int,
-    env: dict[str, str] | None = None,
-) -> Server:
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    log_path = os.path.join(workdir, f"{name}-{port}.log")
-    log_file = open(log_path, "wb")  # noqa: SIM115 (closed in Server.stop)
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    return Server(name, proc, port, log_path, log_file)
-
-
 def probe(server: Server, username: str, password: str, timeout_s: float = 60.0) -> None:
     """Until a CONNECT on the server's MQTT port gets CONNACK 0 (for the node: the
     endpoint is in its config snapshot and its WAL is open)."""
