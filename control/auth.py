@@ -24,7 +24,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.tokens import ALGORITHM, ISSUER, TTL_MAX_S, Verifier
 
-from .store.db import Database
+from .store.db import Database, Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,15 @@ class Signer:
         )
         active = [r for r in rows if r["retired_at"] is None]
         if not active:
-            await cls._create(db)
+            async with db.transaction() as tx:
+                # Replicas starting together on an empty store: the first creates the
+                # key under the lock, the others find it (one key, one JWKS for all).
+                await tx.lock("signing-keys")
+                again = await tx.fetchone(
+                    "SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1"
+                )
+                if again is None:
+                    await cls._create(tx)
             rows = await db.fetchall(
                 "SELECT kid, private_pem, public_jwk, created_at, retired_at FROM signing_keys "
                 "ORDER BY created_at"
@@ -76,7 +84,7 @@ class Signer:
         return cls(newest["kid"], private, jwks)
 
     @staticmethod
-    async def _create(db: Database) -> None:
+    async def _create(db: Executor) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -86,7 +94,6 @@ class Signer:
         public = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
         kid = hashlib.sha256(f"{public['n']}.{public['e']}".encode()).hexdigest()[:16]
         public.update({"kid": kid, "alg": ALGORITHM, "use": "sig"})
-        # Two control replicas starting together: the second insert loses harmlessly.
         await db.execute(
             "INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at) "
             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",

@@ -1028,7 +1028,7 @@ RESPONSES: dict[str, Schema] = {
         {
             "node_id": STRING,
             "config_epoch": COUNT,
-            "heartbeat_interval_s": {"type": "integer", "minimum": 1},
+            "heartbeat_interval_s": {"type": "number", "exclusiveMinimum": 0},
         }
     ),
     "nodeHeartbeat": obj({"config_epoch": COUNT}),

@@ -91,6 +91,7 @@ async def attach(
         )
     binding_id = new_id()
     async with ctx.db.transaction() as tx:
+        await tx.lock(f"binding:{endpoint_id}:{view['id']}")
         active = await tx.fetchone(
             "SELECT id FROM bindings WHERE endpoint_id = ? AND view_id = ? AND deactivated_at IS NULL",
             (endpoint_id, view["id"]),

@@ -27,8 +27,11 @@ class ControlSettings:
     segment_bytes_min: int = 8 * MIB
     """Smallest segment_bytes the API accepts (lowered by `edgemq up` for demos)."""
     segment_bytes_max: int = 1024 * MIB
+    node_heartbeat_interval_s: float = 5.0
+    """How often nodes heartbeat (told at registration; the node follows it)."""
     node_heartbeat_timeout_s: float = 30.0
-    """A node that has not heartbeated for this long is unhealthy."""
+    """A node that has not heartbeated for this long is unhealthy (keep it several
+    intervals: a loaded node may miss one or two)."""
     validate_interval_s: float = 30.0
     """At most one destination validation per destination in this period (429)."""
     long_poll_max_s: float = 30.0

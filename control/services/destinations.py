@@ -139,6 +139,7 @@ async def create(ctx: Context, principal: Principal, body: object) -> dict[str, 
     now = now_ms()
     destination_id = new_id()
     async with ctx.db.transaction() as tx:
+        await tx.lock(f"destination-name:{account_id}:{fields['name']}")
         clash = await tx.fetchone(
             "SELECT id FROM destinations WHERE account_id = ? AND name = ?",
             (account_id, fields["name"]),
@@ -213,6 +214,7 @@ async def patch(
         if row is None:
             raise not_found("destination")
         if "name" in fields and fields["name"] != row["name"]:
+            await tx.lock(f"destination-name:{account_id}:{fields['name']}")
             clash = await tx.fetchone(
                 "SELECT id FROM destinations WHERE account_id = ? AND name = ? AND id <> ?",
                 (account_id, fields["name"], destination_id),

@@ -18,6 +18,7 @@ from shared.tokens import TTL_DEFAULT_S, parse_ttl
 
 from ..auth import Principal
 from ..errors import Forbidden, Unauthorized, problem
+from ..store.db import DuplicateKey
 from .common import (
     Context,
     account_of,
@@ -43,15 +44,18 @@ async def create_account(ctx: Context, name: str) -> dict[str, Any]:
     account_id = new_id()
     for _ in range(16):
         tenant = secrets.randbelow(TENANT_MAX) + 1
-        async with ctx.db.transaction() as tx:
-            if await tx.fetchone("SELECT id FROM accounts WHERE tenant = ?", (tenant,)):
-                continue
-            await tx.execute(
-                "INSERT INTO accounts (id, name, tenant, external_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (account_id, name, tenant, f"edgemq-{secrets.token_hex(8)}", now_ms()),
-            )
-            return {"id": account_id, "name": name, "tenant": tenant}
+        try:
+            async with ctx.db.transaction() as tx:
+                if await tx.fetchone("SELECT id FROM accounts WHERE tenant = ?", (tenant,)):
+                    continue
+                await tx.execute(
+                    "INSERT INTO accounts (id, name, tenant, external_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (account_id, name, tenant, f"edgemq-{secrets.token_hex(8)}", now_ms()),
+                )
+        except DuplicateKey:
+            continue  # another writer took this tenant number in the meantime
+        return {"id": account_id, "name": name, "tenant": tenant}
     raise RuntimeError("could not find a free tenant number")
 
 

@@ -28,7 +28,6 @@ from .common import (
 )
 from .destinations import as_snapshot
 
-HEARTBEAT_INTERVAL_S = 5
 COMMITS_PER_REPORT_MAX = 1000
 
 
@@ -61,9 +60,14 @@ async def register(ctx: Context, principal: Principal, body: object) -> dict[str
             )
     raise_if(problems)
     now = now_ms()
-    async with ctx.db.transaction() as tx:
-        exists = await tx.fetchone("SELECT id FROM nodes WHERE id = ?", (node_id,))
-        values = (
+    # One statement, so a node registering at two replicas at once cannot collide.
+    await ctx.db.execute(
+        "INSERT INTO nodes (region, http_url, mqtt_url, ipv4, ipv6, version, "
+        "last_heartbeat_at, id, registered_at, applied_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+        "ON CONFLICT (id) DO UPDATE SET region = excluded.region, http_url = excluded.http_url, "
+        "mqtt_url = excluded.mqtt_url, ipv4 = excluded.ipv4, ipv6 = excluded.ipv6, "
+        "version = excluded.version, last_heartbeat_at = excluded.last_heartbeat_at, draining = 0",
+        (
             region,
             data.get("http_url"),
             data.get("mqtt_url"),
@@ -71,23 +75,15 @@ async def register(ctx: Context, principal: Principal, body: object) -> dict[str
             json.dumps(ipv6),
             data.get("version"),
             now,
-        )
-        if exists:
-            await tx.execute(
-                "UPDATE nodes SET region = ?, http_url = ?, mqtt_url = ?, ipv4 = ?, ipv6 = ?, "
-                "version = ?, last_heartbeat_at = ?, draining = 0 WHERE id = ?",
-                (*values, node_id),
-            )
-        else:
-            await tx.execute(
-                "INSERT INTO nodes (region, http_url, mqtt_url, ipv4, ipv6, version, "
-                "last_heartbeat_at, id, registered_at, applied_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                (*values, node_id, now),
-            )
+            node_id,
+            now,
+        ),
+    )
+    interval = ctx.settings.node_heartbeat_interval_s
     return {
         "node_id": node_id,
         "config_epoch": await ctx.config_epoch(),
-        "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+        "heartbeat_interval_s": int(interval) if interval == int(interval) else interval,
     }
 
 
@@ -138,11 +134,23 @@ async def heartbeat(
             "UPDATE nodes SET last_heartbeat_at = ?, applied_epoch = ?, draining = ? WHERE id = ?",
             (now, applied, int(data.get("draining", False)), node_id),
         )
-        await tx.execute("DELETE FROM node_endpoint_state WHERE node_id = ?", (node_id,))
+        # Upserts in endpoint order, then drop what the node no longer holds: two
+        # heartbeats of one node at once (a drain's and the periodic one) never collide.
+        states = sorted(states, key=lambda s: str(s["endpoint_id"]))
+        kept = [s["endpoint_id"] for s in states]
+        marks = ",".join("?" for _ in kept)
+        await tx.execute(
+            "DELETE FROM node_endpoint_state WHERE node_id = ?"
+            + (f" AND endpoint_id NOT IN ({marks})" if kept else ""),
+            (node_id, *kept),
+        )
         for s in states:
             await tx.execute(
                 "INSERT INTO node_endpoint_state (node_id, endpoint_id, unshipped_bytes, "
-                "delivery_error, updated_at) VALUES (?, ?, ?, ?, ?)",
+                "delivery_error, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (node_id, endpoint_id) DO UPDATE SET "
+                "unshipped_bytes = excluded.unshipped_bytes, "
+                "delivery_error = excluded.delivery_error, updated_at = excluded.updated_at",
                 (
                     node_id,
                     s["endpoint_id"],
@@ -326,8 +334,12 @@ async def report_commits(
         problems += _commit_problems(c, f"body.commits[{i}]")
     raise_if(problems)
     stored = 0
+    # Rows are written in key order, so concurrent reports overlapping in any order
+    # (a retry racing its original at another replica) wait for each other instead of
+    # deadlocking; ON CONFLICT DO NOTHING keeps each commit and outcome once.
+    ordered = sorted(commits, key=lambda c: (c["endpoint_id"], c["epoch"], c["seq"]))
     async with ctx.db.transaction() as tx:
-        for c in commits:
+        for c in ordered:
             endpoint = await tx.fetchone(
                 "SELECT id, account_id FROM endpoints WHERE id = ?", (c["endpoint_id"],)
             )
@@ -352,7 +364,7 @@ async def report_commits(
                     c["manifest_key"],
                 ),
             )
-            for v in c.get("views", []):
+            for v in sorted(c.get("views", []), key=lambda v: str(v["view_id"])):
                 dlq: dict[str, Any] = v.get("dlq_file") or {}
                 await tx.execute(
                     "INSERT INTO view_outcomes (view_id, account_id, endpoint_id, node_id, epoch, seq, "

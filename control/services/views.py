@@ -98,6 +98,11 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def lineage_lock(account_id: str, name: str) -> str:
+    """The lock serializing creation and new versions of one view name."""
+    return f"view-name:{account_id}:{name}"
+
+
 async def fetch(db: Executor, account_id: str, view_id: str) -> dict[str, Any]:
     row = await db.fetchone(
         "SELECT * FROM views WHERE id = ? AND account_id = ?", (view_id, account_id)
@@ -147,6 +152,7 @@ async def create(ctx: Context, principal: Principal, body: object) -> dict[str, 
     raise_if(problems)
     view_id = new_id()
     async with ctx.db.transaction() as tx:
+        await tx.lock(lineage_lock(account_id, str(name)))
         if await tx.fetchone(
             "SELECT id FROM views WHERE account_id = ? AND name = ?", (account_id, name)
         ):
@@ -377,6 +383,9 @@ async def new_version(
     raise_if(problems)
     new_view_id = new_id()
     async with ctx.db.transaction() as tx:
+        # Versions of one lineage are numbered under its lock: concurrent requests
+        # (any replica) get distinct, contiguous numbers.
+        await tx.lock(lineage_lock(account_id, row["name"]))
         lineage = await tx.fetchall(
             "SELECT * FROM views WHERE account_id = ? AND name = ? ORDER BY version",
             (account_id, row["name"]),

@@ -5,11 +5,19 @@ PostgreSQL side rewrites them to `%s`. Rows come back as dicts.
 SQLite runs with `journal_mode=WAL` and `synchronous=FULL`; every statement goes through
 one thread and an asyncio lock, so a transaction is never interleaved with another
 coroutine's statements. PostgreSQL transactions use a pooled connection each.
+
+Concurrency with several control replicas (docs/adr/0009): a statement that breaks a
+UNIQUE constraint raises `DuplicateKey` on both stores (the API answers 409), a
+PostgreSQL deadlock or serialization failure raises `Contention` (503, retry), and
+`tx.lock(name)` serializes check-then-write sequences on one name across replicas
+(a transaction-scoped advisory lock on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already
+serializes every writing transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +27,28 @@ from shared.offload import BlockingPool
 
 Row = dict[str, Any]
 Params = Sequence[Any]
+
+
+class DuplicateKey(Exception):
+    """A write broke a UNIQUE constraint (another writer got there first)."""
+
+
+class Contention(Exception):
+    """PostgreSQL gave up on a transaction (deadlock, serialization failure): retry."""
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit number for an advisory lock named `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _sqlite_error(err: sqlite3.Error) -> Exception:
+    text = str(err)
+    if isinstance(err, sqlite3.IntegrityError) and text.startswith("UNIQUE constraint failed"):
+        return DuplicateKey(text)
+    if isinstance(err, sqlite3.OperationalError) and "database is locked" in text:
+        return Contention(text)  # another process held the write lock past busy_timeout
+    return err
 
 
 class Executor(Protocol):
@@ -56,6 +86,10 @@ class _SqliteTx:
     async def execute(self, sql: str, params: Params = ()) -> int:
         return await self._db._pool.run(self._db._execute, sql, params)
 
+    async def lock(self, name: str) -> None:
+        """Serialize with other transactions locking `name`: a no-op here, since
+        `BEGIN IMMEDIATE` holds the database's write lock for the whole transaction."""
+
 
 class SqliteDatabase:
     dialect = "sqlite"
@@ -80,11 +114,23 @@ class SqliteDatabase:
 
     def _fetchall(self, sql: str, params: Params) -> list[Row]:
         assert self._conn is not None
-        return [dict(r) for r in self._conn.execute(sql, tuple(params)).fetchall()]
+        try:
+            return [dict(r) for r in self._conn.execute(sql, tuple(params)).fetchall()]
+        except (sqlite3.IntegrityError, sqlite3.OperationalError) as err:
+            mapped = _sqlite_error(err)
+            if mapped is err:
+                raise
+            raise mapped from err
 
     def _execute(self, sql: str, params: Params) -> int:
         assert self._conn is not None
-        return self._conn.execute(sql, tuple(params)).rowcount
+        try:
+            return self._conn.execute(sql, tuple(params)).rowcount
+        except (sqlite3.IntegrityError, sqlite3.OperationalError) as err:
+            mapped = _sqlite_error(err)
+            if mapped is err:
+                raise
+            raise mapped from err
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._lock:
@@ -124,24 +170,57 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+def _pg_error(err: Exception) -> Exception:
+    """psycopg's errors as the store's own (`DuplicateKey`, `Contention`), else `err`."""
+    from psycopg import errors
+
+    if isinstance(err, errors.UniqueViolation):
+        return DuplicateKey(str(err).splitlines()[0])
+    if isinstance(err, (errors.DeadlockDetected, errors.SerializationFailure)):
+        return Contention(str(err).splitlines()[0])
+    return err
+
+
 class _PgTx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
         self.after_commit: list[Callable[[], None]] = []
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        cur = await self._conn.execute(_pg(sql), tuple(params))
-        if cur.description is None:
-            return []
-        return list(await cur.fetchall())
+        import psycopg
+
+        try:
+            cur = await self._conn.execute(_pg(sql), tuple(params))
+            if cur.description is None:
+                return []
+            return list(await cur.fetchall())
+        except psycopg.Error as err:
+            mapped = _pg_error(err)
+            if mapped is err:
+                raise
+            raise mapped from err
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cur = await self._conn.execute(_pg(sql), tuple(params))
+        import psycopg
+
+        try:
+            cur = await self._conn.execute(_pg(sql), tuple(params))
+        except psycopg.Error as err:
+            mapped = _pg_error(err)
+            if mapped is err:
+                raise
+            raise mapped from err
         return int(cur.rowcount)
+
+    async def lock(self, name: str) -> None:
+        """Wait for, then hold until commit, the advisory lock named `name`: a
+        check-then-write under it sees what the previous holder committed (READ
+        COMMITTED reads a fresh snapshot per statement)."""
+        await self.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(name),))
 
 
 class PostgresDatabase:

@@ -164,16 +164,26 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX endpoints_account_live ON endpoints (account_id, created_at, id) "
         "WHERE deleted_at IS NULL",
     ],
+    [
+        # At most one active binding of a view on an endpoint, whatever races
+        # (docs/adr/0009); attach checks first and answers 409 with a reason.
+        "CREATE UNIQUE INDEX bindings_active ON bindings (endpoint_id, view_id) "
+        "WHERE deactivated_at IS NULL",
+    ],
 ]
 
 
 async def migrate(db: Any) -> int:
     """Apply what is missing; return the schema version. Safe to run concurrently on
     PostgreSQL (the version row is inserted in the same transaction)."""
-    await db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-        "applied_at BIGINT NOT NULL)"
-    )
+    async with db.transaction() as tx:
+        # Replicas starting together: PostgreSQL's CREATE TABLE IF NOT EXISTS is not
+        # safe against a concurrent twin (a unique violation in its catalog).
+        await tx.lock("schema-migrations")
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "applied_at BIGINT NOT NULL)"
+        )
     import time
 
     for version, statements in enumerate(MIGRATIONS, start=1):

@@ -1,0 +1,294 @@
+"""Two control-plane replicas on one store racing on the same resource (issue #8,
+docs/adr/0009): same-name creates answer one 201 and 409s with the JSON error body
+(never a 500), new versions of one view get distinct contiguous numbers, identical
+commit reports are stored once, one binding wins, concurrent key creation and node
+registration all succeed. Runs on SQLite (two connections to one file) and on a real
+PostgreSQL server (two connection pools), like the rest of this package.
+
+Each race sends RACERS requests at once, alternating between the replicas; `gather`
+starts them together so they meet in the store, between check and insert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from control.http.app import create_app
+from control.server import open_context
+from control.services import keys
+from tests.integration.control.conftest import SETTINGS, Api
+from tests.integration.control.test_observability import ago, commit, outcome
+from tests.integration.control.test_views import SMALL_DEFINITION, create_endpoint
+
+RACERS = 8
+LAKE = {
+    "bucket": "acme-data-lake",
+    "prefix": "events/prod",
+    "region": "us-east-1",
+    "role_arn": "arn:aws:iam::123456789012:role/EdgeMqDelivery",
+}
+
+
+@pytest.fixture
+async def replicas(store_url: str) -> AsyncIterator[tuple[Api, Api]]:
+    """Replica A and replica B on the same store; one account and admin key (made
+    through A), usable at both (they share the signing keys)."""
+    async with (
+        open_context(store_url, SETTINGS) as ctx_a,
+        open_context(store_url, SETTINGS) as ctx_b,
+    ):
+        clients = []
+        for ctx in (ctx_a, ctx_b):
+            server = TestServer(create_app(ctx))
+            client: TestClient[Any, Any] = TestClient(server)
+            await client.start_server()
+            ctx.settings = replace(ctx.settings, public_url=str(server.make_url("")).rstrip("/"))
+            clients.append(client)
+        try:
+            account = await keys.create_account(ctx_a, "acme")
+            key = await keys.insert_key(
+                ctx_a,
+                account_id=account["id"],
+                name="admin-key",
+                owner="admin@example.com",
+                scopes=["admin", "metrics", "ingest"],
+            )
+            yield (
+                Api(clients[0], ctx_a, account["id"], str(key["api_key"])),
+                Api(clients[1], ctx_b, account["id"], str(key["api_key"])),
+            )
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def race(
+    pair: tuple[Api, Api], method: str, path: str, body: Any = None, n: int = RACERS
+) -> list[tuple[int, Any]]:
+    """`n` identical requests at once, alternating replicas; (status, body) each."""
+    for api in pair:
+        await api.token()  # tokens first, so the race is only the request itself
+    return list(
+        await asyncio.gather(*(pair[i % 2].call(method, path, json=body) for i in range(n)))
+    )
+
+
+def assert_one_winner(results: list[tuple[int, Any]]) -> Any:
+    statuses = collections.Counter(status for status, _ in results)
+    assert statuses == {201: 1, 409: len(results) - 1}, results
+    for status, body in results:
+        if status == 409:
+            assert body["error"]["status"] == 409, body
+            assert body["error"]["code"] == "conflict", body
+            assert body["error"]["message"], body
+    return next(body for status, body in results if status == 201)
+
+
+async def test_same_name_destinations_one_created_the_rest_conflict(
+    replicas: tuple[Api, Api],
+) -> None:
+    created = assert_one_winner(
+        await race(replicas, "POST", "/v1/destinations", {**LAKE, "name": "lake"})
+    )
+    for api in replicas:
+        status, page = await api.call("GET", "/v1/destinations")
+        assert status == 200, page
+        assert [d["id"] for d in page["items"]] == [created["id"]]
+
+
+async def test_renaming_destinations_to_one_name_at_once_leaves_one_with_it(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, _ = replicas
+    ids = []
+    for i in range(4):
+        status, body = await a.call("POST", "/v1/destinations", json={**LAKE, "name": f"d{i}"})
+        assert status == 201, body
+        ids.append(body["id"])
+    for api in replicas:
+        await api.token()
+    results = await asyncio.gather(
+        *(
+            replicas[i % 2].call("PATCH", f"/v1/destinations/{d}", json={"name": "shared"})
+            for i, d in enumerate(ids)
+        )
+    )
+    statuses = collections.Counter(status for status, _ in results)
+    assert statuses == {200: 1, 409: 3}, results
+    status, page = await a.call("GET", "/v1/destinations")
+    names = sorted(d["name"] for d in page["items"])
+    assert names.count("shared") == 1, names
+    assert len(names) == 4, names
+
+
+async def test_same_name_views_one_created_the_rest_conflict(replicas: tuple[Api, Api]) -> None:
+    body = {"name": "orders", "definition": SMALL_DEFINITION, "format": "json"}
+    created = assert_one_winner(await race(replicas, "POST", "/v1/views", body))
+    assert created["version"] == 1
+    for api in replicas:
+        status, page = await api.call("GET", "/v1/views", params={"status": "draft"})
+        assert status == 200, page
+        assert [(v["name"], v["version"]) for v in page["items"]] == [("orders", 1)]
+
+
+async def test_concurrent_new_versions_get_distinct_contiguous_numbers(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, _ = replicas
+    status, view = await a.call(
+        "POST", "/v1/views", json={"name": "orders", "definition": SMALL_DEFINITION}
+    )
+    assert status == 201, view
+    results = await race(replicas, "POST", f"/v1/views/{view['id']}/versions", {})
+    assert all(status == 201 for status, _ in results), results
+    versions = sorted(body["version"] for _, body in results)
+    assert versions == list(range(2, RACERS + 2)), versions
+    assert len({body["id"] for _, body in results}) == RACERS
+    status, page = await a.call("GET", "/v1/views", params={"limit": "200", "status": "draft"})
+    assert sorted(v["version"] for v in page["items"] if v["name"] == "orders") == list(
+        range(1, RACERS + 2)
+    )
+
+
+async def test_concurrent_activation_of_one_view_on_one_endpoint_binds_it_once(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    status, view = await a.call(
+        "POST", "/v1/views", json={"name": "orders", "definition": SMALL_DEFINITION}
+    )
+    assert status == 201, view
+    status, published = await a.call("POST", f"/v1/views/{view['id']}/publish")
+    assert status == 200, published
+    path = f"/v1/endpoints/{endpoint['id']}/views"
+    winner = assert_one_winner(await race(replicas, "POST", path, {"view_id": view["id"]}))
+    for api in (a, b):
+        status, page = await api.call("GET", path)
+        assert status == 200, page
+        active = [x for x in page["items"] if x.get("deactivated_at") is None]
+        assert [x["id"] for x in active] == [winner["id"]], page
+
+
+async def test_concurrent_key_creation_makes_every_key_once(replicas: tuple[Api, Api]) -> None:
+    a, _ = replicas
+    results = await race(
+        replicas, "POST", "/v1/api-keys", {"name": "worker", "scopes": ["ingest"]}, n=10
+    )
+    assert all(status == 201 for status, _ in results), results
+    ids = {body["id"] for _, body in results}
+    secrets_ = {body["api_key"] for _, body in results}
+    assert len(ids) == 10
+    assert len(secrets_) == 10
+    status, page = await a.call("GET", "/v1/api-keys", params={"limit": "200"})
+    assert status == 200, page
+    assert ids <= {k["id"] for k in page["items"]}
+    assert page["total"] == 11  # the admin key and the ten
+
+
+async def test_concurrent_accounts_get_distinct_tenants(replicas: tuple[Api, Api]) -> None:
+    a, b = replicas
+    made = await asyncio.gather(
+        *(keys.create_account((a, b)[i % 2].ctx, f"acct{i}") for i in range(RACERS))
+    )
+    assert len({m["tenant"] for m in made}) == RACERS
+    assert len({m["id"] for m in made}) == RACERS
+
+
+async def _node(api: Api) -> tuple[str, str]:
+    key = str((await keys.create_node_key(api.ctx, "racer"))["api_key"])
+    resp = await api.client.post(
+        "/v1/nodes/register", json={"region": "iad"}, headers={"X-API-Key": key}
+    )
+    assert resp.status == 200, await resp.text()
+    return key, str((await resp.json())["node_id"])
+
+
+async def test_identical_commit_reports_at_both_replicas_are_stored_once(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    status, view = await a.call(
+        "POST", "/v1/views", json={"name": "orders", "definition": SMALL_DEFINITION}
+    )
+    assert status == 201, view
+    key, node_id = await _node(a)
+    report = {
+        "commits": [
+            commit(
+                endpoint["id"],
+                seq,
+                ago(1000 * seq),
+                views=[outcome(view["id"], 10 * seq, 10 * seq, 0, 0)],
+            )
+            for seq in (1, 2, 3)
+        ]
+    }
+    # Reversed copies too: overlapping reports in different orders must not deadlock.
+    flipped = {"commits": list(reversed(report["commits"]))}
+    answers = await asyncio.gather(
+        *(
+            (a, b)[i % 2].client.post(
+                f"/v1/nodes/{node_id}/commits",
+                json=report if i % 3 else flipped,
+                headers={"X-API-Key": key},
+            )
+            for i in range(RACERS)
+        )
+    )
+    bodies = [(r.status, await r.json()) for r in answers]
+    assert all(status == 200 for status, _ in bodies), bodies
+    assert sum(body["stored"] for _, body in bodies) == 3, bodies
+    for api in (a, b):
+        status, page = await api.call("GET", f"/v1/endpoints/{endpoint['id']}/commits")
+        assert status == 200, page
+        assert sorted(c["seq"] for c in page["items"]) == [1, 2, 3], page
+        status, metrics = await api.call("GET", f"/v1/views/{view['id']}/metrics")
+        assert status == 200, metrics
+        assert metrics["aggregated"]["all_time"]["processed"] == 60, metrics
+
+
+async def test_concurrent_registration_and_heartbeats_of_one_node_all_succeed(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    key, node_id = await _node(a)
+    headers = {"X-API-Key": key}
+    calls = []
+    for i in range(RACERS):
+        client = (a, b)[i % 2].client
+        calls.append(
+            client.post(
+                "/v1/nodes/register",
+                json={"region": "iad", "node_id": node_id, "ipv4": ["127.0.0.9"]},
+                headers=headers,
+            )
+        )
+        calls.append(
+            client.post(
+                f"/v1/nodes/{node_id}/heartbeat",
+                json={
+                    "applied_epoch": 10**6,
+                    "endpoints": [{"endpoint_id": endpoint["id"], "unshipped_bytes": i}],
+                },
+                headers=headers,
+            )
+        )
+    answers = await asyncio.gather(*calls)
+    assert [r.status for r in answers] == [200] * len(calls), [
+        await r.text() for r in answers if r.status != 200
+    ]
+    for api in (a, b):
+        status, body = await api.call("GET", f"/v1/endpoints/{endpoint['id']}")
+        assert status == 200, body
+        assert body["status"] == "active", body
+        assert body["dns_ipv4"] == ["127.0.0.9"], body
