@@ -104,8 +104,16 @@ def _admin(args: argparse.Namespace) -> int:
             result = asyncio.run(
                 admin.create_key(args.database_url, args.account, scopes, args.name, args.owner)
             )
-        else:
+        elif args.admin_command == "create-node-key":
             result = asyncio.run(admin.create_node_key(args.database_url, args.name))
+        elif args.admin_command == "list-accounts":
+            result = asyncio.run(admin.list_accounts(args.database_url))
+        elif args.admin_command == "list-keys":
+            if bool(args.account) == args.node_keys:
+                raise ValueError("list-keys needs exactly one of --account ID and --node-keys")
+            result = asyncio.run(admin.list_keys(args.database_url, args.account or None))
+        else:
+            result = asyncio.run(admin.revoke_key(args.database_url, args.key_id))
     except ValueError as err:
         print(f"edgemq admin: {err}", file=sys.stderr)
         return 2
@@ -265,7 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--owner", default=None, help="owner e-mail (recorded as created_by)")
     node_key = admin_commands.add_parser("create-node-key", help="create a key for ingest nodes")
     node_key.add_argument("name")
+    admin_commands.add_parser(
+        "list-accounts", help="list accounts with their active key and endpoint counts"
+    )
+    list_keys = admin_commands.add_parser(
+        "list-keys", help="list the API keys of an account, or the node keys (no secrets)"
+    )
+    list_keys.add_argument("--account", default="", help="account id")
+    list_keys.add_argument("--node-keys", action="store_true", help="list node keys instead")
+    revoke = admin_commands.add_parser(
+        "revoke-key",
+        help="revoke an API key (idempotent); nodes drop a revoked ingest key with the "
+        "next config epoch",
+    )
+    revoke.add_argument("--key-id", required=True, help="the key's id (from list-keys)")
     admin.set_defaults(func=_admin)
+
+    from .read_cmd import add_read_parser
+    from .status_cmd import add_status_parser
+
+    add_status_parser(commands)
+    add_read_parser(commands)
 
     segment = commands.add_parser("segment", help="inspect WAL segment files")
     segment_commands = segment.add_subparsers(dest="segment_command", required=True)

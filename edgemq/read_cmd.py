@@ -1,0 +1,421 @@
+"""`edgemq read`: the records of an endpoint's COMMITTED segments, found by their
+manifests (DESIGN.md §6: a manifest is written last, so a segment without one is not
+committed and is never read).
+
+For each manifest (ordered by node, epoch, seq) the segment object it lists is
+streamed to disk (S3) or read in place (local store) while its SHA-256 is computed;
+size and hash must match the manifest before any of its records is written, every
+frame's CRC32C is checked while decoding, and the frame count must match too. One
+segment is handled at a time. Exit codes: 0 done, 1 integrity failure (named object),
+2 usage or access error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import msgspec
+import zstandard
+
+from ingest.layout import manifest_key, segment_key
+from ingest.manifest import ManifestError, parse_manifest
+from ingest.objectstore.base import ObjectNotFound, StoreError
+from wal.errors import FrameError
+from wal.frame import FMT_TOPIC, split_topic_payload
+from wal.reader import StreamReader, open_segment_stream
+
+from .options import add_option
+from .progress import Progress, human_bytes
+from .read_source import S3Options, Source, open_source
+
+MANIFEST_FETCHES = 8
+FORMATS = ("ndjson", "raw")
+_MANIFEST = re.compile(r"([^/]+)/([^/]+)/commits/([^/]+)/(\d{1,19})/seg-(\d{8,19})\.json")
+_NOT_REGIONS = frozenset({"views", "dlq"})
+
+
+class IntegrityError(Exception):
+    """A committed object does not match its manifest (exit 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    endpoint_id: str
+    region: str | None = None
+    node_id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    format: str = "ndjson"
+    with_meta: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One committed segment to read (what its manifest promises)."""
+
+    manifest: str
+    node_id: str
+    epoch: int
+    seq: int
+    segment: str
+    bytes: int
+    sha256: str
+    frames: int
+    first_ts_ms: int
+    last_ts_ms: int
+
+
+@dataclass(slots=True)
+class Summary:
+    segments: int = 0
+    records: int = 0
+    bytes: int = 0
+
+
+def parse_time(value: str) -> int:
+    """Milliseconds since the epoch from an integer or an ISO 8601 time with a zone."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is neither milliseconds nor an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} needs a time zone (e.g. Z)")
+    return int(moment.timestamp() * 1000)
+
+
+async def _regions(source: Source, endpoint_id: str) -> list[str]:
+    """The regions whose folder holds the endpoint (its id is unique to one region)."""
+    found = []
+    for name in await source.list_dirs(""):
+        if name not in _NOT_REGIONS and endpoint_id in await source.list_dirs(f"{name}/"):
+            found.append(name)
+    return found
+
+
+async def _plan_one(source: Source, key: str, opts: ReadOptions) -> Planned | None:
+    match = _MANIFEST.fullmatch(key)
+    if match is None or match.group(2) != opts.endpoint_id:
+        return None  # not a manifest name (a stray file): nothing committed
+    region, endpoint_id, node_id = match.group(1), match.group(2), match.group(3)
+    epoch, seq = int(match.group(4)), int(match.group(5))
+    if manifest_key("", region, endpoint_id, node_id, epoch, seq) != key:
+        return None
+    try:
+        m = parse_manifest(await source.get_bytes(key))
+    except ObjectNotFound:
+        return None  # deleted between list and get: no longer committed
+    except ManifestError as err:
+        raise IntegrityError(f"{key}: {err}") from None
+    if (m.region, m.endpoint_id, m.node_id, m.epoch, m.seq) != (
+        region,
+        endpoint_id,
+        node_id,
+        epoch,
+        seq,
+    ):
+        raise IntegrityError(f"{key}: the manifest describes another segment")
+    segments = [a for a in m.artifacts if a.kind == "segment"]
+    if len(segments) != 1:
+        raise IntegrityError(
+            f"{key}: lists no segment object (the endpoint's output formats lack `segments`)"
+        )
+    artifact = segments[0]
+    relative = segment_key("", region, endpoint_id, node_id, epoch, seq)
+    if artifact.key != relative and not artifact.key.endswith("/" + relative):
+        raise IntegrityError(f"{key}: segment key {artifact.key!r} is not {relative!r}")
+    return Planned(
+        key,
+        node_id,
+        epoch,
+        seq,
+        relative,
+        artifact.bytes,
+        artifact.sha256,
+        m.frames,
+        m.first_ts_ms,
+        m.last_ts_ms,
+    )
+
+
+async def plan(source: Source, opts: ReadOptions) -> list[Planned]:
+    """The committed segments to read, ordered by (node, epoch, seq)."""
+    regions = [opts.region] if opts.region else await _regions(source, opts.endpoint_id)
+    keys: list[str] = []
+    for region in regions:
+        folder = f"{region}/{opts.endpoint_id}/commits/"
+        keys += await source.list_keys(folder + (f"{opts.node_id}/" if opts.node_id else ""))
+    planned: list[Planned] = []
+    for start in range(0, len(keys), MANIFEST_FETCHES):
+        batch = keys[start : start + MANIFEST_FETCHES]
+        for p in await asyncio.gather(*(_plan_one(source, k, opts) for k in batch)):
+            if p is None:
+                continue
+            if opts.since_ms is not None and p.last_ts_ms < opts.since_ms:
+                continue
+            if opts.until_ms is not None and p.first_ts_ms >= opts.until_ms:
+                continue
+            planned.append(p)
+    planned.sort(key=lambda p: (p.node_id, p.epoch, p.seq))
+    return planned
+
+
+def _json_of(body: bytes) -> tuple[bytes, str]:
+    """The payload as one line of JSON, and how it was encoded (json, utf-8, base64)."""
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        pass
+    else:
+        if b"\n" in body or b"\r" in body:
+            return msgspec.json.encode(value), "json"
+        return body, "json"
+    try:
+        return msgspec.json.encode(body.decode("utf-8")), "utf-8"
+    except UnicodeDecodeError:
+        return msgspec.json.encode(base64.b64encode(body).decode("ascii")), "base64"
+
+
+def emit_segment(path: str, out: BinaryIO, seg: Planned, opts: ReadOptions) -> tuple[int, int]:
+    """Write the segment's records in [since, until) to `out` (blocking); returns
+    (frames in the segment, records written). IntegrityError on a bad frame."""
+    frames = written = 0
+    try:
+        with open_segment_stream(path) as stream:
+            for offset, frame in StreamReader(stream):
+                frames += 1
+                if (opts.since_ms is not None and frame.ts_ms < opts.since_ms) or (
+                    opts.until_ms is not None and frame.ts_ms >= opts.until_ms
+                ):
+                    continue
+                topic, body = None, frame.payload
+                if frame.fmt == FMT_TOPIC:
+                    topic, body = split_topic_payload(frame.payload)
+                if opts.format == "raw":
+                    out.write(body + b"\n")
+                elif opts.with_meta:
+                    payload, encoding = _json_of(body)
+                    out.write(
+                        msgspec.json.encode(
+                            {
+                                "node_id": seg.node_id,
+                                "epoch": seg.epoch,
+                                "seq": seg.seq,
+                                "offset": offset,
+                                "ts_ms": frame.ts_ms,
+                                "topic": topic,
+                                "encoding": encoding,
+                                "payload": msgspec.Raw(payload),
+                            }
+                        )
+                        + b"\n"
+                    )
+                else:
+                    out.write(_json_of(body)[0] + b"\n")
+                written += 1
+    except FrameError as err:
+        raise IntegrityError(f"{seg.segment}: {err}") from None
+    except zstandard.ZstdError as err:
+        raise IntegrityError(f"{seg.segment}: not a valid zstd stream: {err}") from None
+    return frames, written
+
+
+async def read_records(
+    source: Source, opts: ReadOptions, out: BinaryIO, progress: Progress
+) -> Summary:
+    summary = Summary()
+    planned = await plan(source, opts)
+    progress.total_segments = len(planned)
+    progress.total_bytes = sum(p.bytes for p in planned)
+    with tempfile.TemporaryDirectory(prefix="edgemq-read-") as scratch:
+        for seg in planned:
+            try:
+                got = await source.fetch(seg.segment, scratch, progress.add_bytes)
+            except ObjectNotFound:
+                raise IntegrityError(
+                    f"{seg.segment}: missing, but its manifest {seg.manifest} lists it"
+                ) from None
+            try:
+                if got.size != seg.bytes:
+                    raise IntegrityError(
+                        f"{seg.segment}: {got.size} bytes, its manifest says {seg.bytes}"
+                    )
+                if got.sha256 != seg.sha256:
+                    raise IntegrityError(
+                        f"{seg.segment}: sha256 {got.sha256} does not match the manifest's "
+                        f"{seg.sha256}"
+                    )
+                frames, written = await asyncio.to_thread(emit_segment, got.path, out, seg, opts)
+                if frames != seg.frames:
+                    raise IntegrityError(
+                        f"{seg.segment}: {frames} frames, its manifest says {seg.frames}"
+                    )
+            finally:
+                if got.temporary:
+                    await asyncio.to_thread(os.remove, got.path)
+            summary.segments += 1
+            summary.records += written
+            summary.bytes += got.size
+            progress.segment_done()
+    return summary
+
+
+def _progress_enabled(mode: str) -> bool:
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return sys.stderr.isatty()
+
+
+async def _run(args: argparse.Namespace, opts: ReadOptions, out: BinaryIO) -> Summary:
+    source = open_source(
+        args.destination,
+        S3Options(
+            endpoint_url=args.s3_endpoint_url or None,
+            region=args.s3_region or None,
+            addressing=args.s3_addressing,
+            role_arn=args.role_arn or None,
+            external_id=args.external_id or None,
+        ),
+    )
+    progress = Progress(
+        sys.stderr, total_segments=0, total_bytes=0, enabled=_progress_enabled(args.progress)
+    )
+    try:
+        return await read_records(source, opts, out, progress)
+    finally:
+        progress.close()
+        await source.close()
+
+
+def run_read(args: argparse.Namespace) -> int:
+    try:
+        if args.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
+        if args.with_meta and args.format != "ndjson":
+            raise ValueError("--with-meta needs --format ndjson")
+        if not args.endpoint:
+            raise ValueError("--endpoint is required")
+        if not args.destination:
+            raise ValueError("--destination is required")
+        opts = ReadOptions(
+            endpoint_id=args.endpoint,
+            region=args.region or None,
+            node_id=args.node or None,
+            since_ms=parse_time(args.since) if args.since else None,
+            until_ms=parse_time(args.until) if args.until else None,
+            format=args.format,
+            with_meta=args.with_meta,
+        )
+    except ValueError as err:
+        print(f"edgemq read: {err}", file=sys.stderr)
+        return 2
+    target = args.output if args.output not in ("", "-") else None
+    partial = f"{target}.partial" if target else None
+    try:
+        out: BinaryIO = open(partial, "wb") if partial else sys.stdout.buffer  # noqa: SIM115
+        try:
+            summary = asyncio.run(_run(args, opts, out))
+            out.flush()
+        finally:
+            if partial:
+                out.close()
+        if partial and target:
+            os.replace(partial, target)
+    except BrokenPipeError:
+        raise  # `edgemq read … | head`: the CLI exits quietly
+    except IntegrityError as err:
+        print(f"edgemq read: integrity check failed: {err}", file=sys.stderr)
+        return 1
+    except (StoreError, ValueError, OSError) as err:
+        print(f"edgemq read: {err}", file=sys.stderr)
+        return 2
+    if _progress_enabled(args.progress) or target:
+        print(
+            f"edgemq read: {summary.records} records from {summary.segments} committed "
+            f"segments ({human_bytes(summary.bytes)})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def add_read_parser(commands: Any) -> None:
+    """`edgemq read` (registered by edgemq.cli)."""
+    read = commands.add_parser(
+        "read",
+        help="print or export the records of an endpoint's committed segments",
+        description="Lists the endpoint's commit manifests under the destination, reads "
+        "each segment they list (verifying size, SHA-256, every frame's CRC32C and the "
+        "frame count) and writes its records, one segment at a time, ordered by node, "
+        "epoch and seq. A segment without a manifest is not committed and is not read. "
+        "--since/--until select by record time (frame ts). Exit 0 done, 1 integrity "
+        "failure (the object is named), 2 usage or access error.",
+    )
+    add_option(
+        read,
+        "--destination",
+        default="",
+        help="file:///DIR (a local store's bucket directory, with the prefix) or "
+        "s3://BUCKET/PREFIX",
+    )
+    add_option(read, "--endpoint", default="", help="endpoint id (required)")
+    add_option(
+        read, "--region", default="", help="the endpoint's region code; found by listing if empty"
+    )
+    add_option(read, "--node", default="", help="only segments of this node id")
+    add_option(read, "--since", default="", help="records at or after: ISO 8601 with zone, or ms")
+    add_option(read, "--until", default="", help="records before: ISO 8601 with zone, or ms")
+    add_option(
+        read, "--output", default="-", help="file to write (FILE.partial until done), - is stdout"
+    )
+    add_option(
+        read,
+        "--format",
+        default="ndjson",
+        help="ndjson (one JSON value per record; non-JSON payloads as strings) or raw "
+        "(payload bytes and a newline)",
+    )
+    read.add_argument(
+        "--with-meta",
+        action="store_true",
+        default=os.environ.get("EDGEMQ_WITH_META", "").lower() in ("1", "true", "yes"),
+        help="ndjson objects with node_id, epoch, seq, offset, ts_ms, topic, encoding and "
+        "payload (env EDGEMQ_WITH_META=1)",
+    )
+    mode = os.environ.get("EDGEMQ_PROGRESS", "auto")
+    read.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_const",
+        const="always",
+        default=mode if mode in ("auto", "always", "never") else "auto",
+        help="progress bar on stderr even when it is not a terminal "
+        "(env EDGEMQ_PROGRESS=auto|always|never; default: auto, shown on a terminal)",
+    )
+    read.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const="never",
+        help="no progress bar",
+    )
+    add_option(read, "--s3-endpoint-url", default="", help="S3-compatible endpoint (MinIO, …)")
+    add_option(read, "--s3-region", default="", help="AWS region of the bucket")
+    add_option(read, "--s3-addressing", default="auto", help="auto, path or virtual")
+    add_option(
+        read, "--role-arn", default="", help="assume this role first (default chain otherwise)"
+    )
+    add_option(read, "--external-id", default="", help="external id for --role-arn")
+    read.set_defaults(func=run_read)
