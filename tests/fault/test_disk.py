@@ -399,7 +399,7 @@ async def test_a_full_disk_refuses_with_503_and_recovers_without_loss(tmp_path: 
                 await load.finish()
                 figures["phase1_outcomes"] = dict(load.outcomes)
                 assert await node.terminate() == 0, node.log_tail()
-                node.env["EDGEMQ_DISK_RESERVE_BYTES"] = "0"
+                node.options["EDGEMQ_DISK_RESERVE_BYTES"] = "0"
                 node.start()
                 await node.wait_ready(session)
                 load.start()

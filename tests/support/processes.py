@@ -242,7 +242,8 @@ class ControlChild(Child):
 
 class NodeChild(Child):
     """`edgemq node`, configured through the EDGEMQ_* environment (the CLI contract), so
-    a restart on the same data directory and port is `start()` again."""
+    a restart on the same data directory and port is `start()` again. The log goes to
+    `<data_dir>.log` next to the data directory unless `log_path` says otherwise."""
 
     name = "node"
 
@@ -259,19 +260,24 @@ class NodeChild(Child):
         unshipped_bytes_max: int | None = None,
         overrides: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        mqtt_port: int = 0,
+        log_path: Path | None = None,
     ) -> None:
-        super().__init__(log_path=data_dir.parent / f"{data_dir.name}.log", overrides=overrides)
+        super().__init__(
+            log_path=log_path or data_dir.parent / f"{data_dir.name}.log", overrides=overrides
+        )
         self.data_dir = data_dir
         self.http_port = http_port
+        self.mqtt_port = mqtt_port
         self.url = f"http://127.0.0.1:{http_port}"
-        self._env = {
+        self.options = {
             "EDGEMQ_CONTROL_URL": control_url,
             "EDGEMQ_NODE_KEY": node_key,
             "EDGEMQ_REGION": region,
             "EDGEMQ_DATA_DIR": str(data_dir),
             "EDGEMQ_HOST": "127.0.0.1",
             "EDGEMQ_HTTP_PORT": str(http_port),
-            "EDGEMQ_MQTT_PORT": "0",  # any free port: never the shared 1883
+            "EDGEMQ_MQTT_PORT": str(mqtt_port),  # 0: any free port, never the shared 1883
             "EDGEMQ_SEGMENT_BYTES_MIN": str(segment_bytes_min),
             "EDGEMQ_DRAIN_DEADLINE_S": str(drain_deadline_s),
             "EDGEMQ_DISK_RESERVE_BYTES": str(16 * 1024 * 1024),
@@ -283,12 +289,13 @@ class NodeChild(Child):
             ),
             **(env or {}),
         }
+        """The EDGEMQ_* options of every start (a change applies from the next one)."""
 
     def argv(self) -> list[str]:
         return ["node"]
 
     def env(self) -> dict[str, str]:
-        return child_env(self._env)
+        return child_env(self.options)
 
     def start(
         self,

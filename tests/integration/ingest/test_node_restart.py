@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import duckdb
 
-from tests.integration.ingest.node_process import NodeProcess
 from tests.support.ledger import (
     Ledger,
     LocalReader,
@@ -29,6 +28,7 @@ from tests.support.ledger import (
     reconcile_async,
 )
 from tests.support.postgres import free_port
+from tests.support.processes import NodeChild
 from tests.support.stack import (
     SEGMENT_BYTES_MIN,
     ControlPlane,
@@ -83,7 +83,7 @@ class Writer:
 
 @dataclass
 class Stream:
-    node: NodeProcess
+    node: NodeChild
     writers: list[Writer]
     stop: asyncio.Event
     tasks: list[asyncio.Task[None]]
@@ -126,7 +126,7 @@ def _leftovers(data_dir: Path, endpoint_id: str) -> list[str]:
 
 
 async def _drained(
-    data_dir: Path, endpoint_id: str, *, timeout_s: float = 120.0, node: NodeProcess | None = None
+    data_dir: Path, endpoint_id: str, *, timeout_s: float = 120.0, node: NodeChild | None = None
 ) -> None:
     async def empty() -> bool:
         return not await asyncio.to_thread(_leftovers, data_dir, endpoint_id)
@@ -150,8 +150,15 @@ async def _reconcile(
     return result
 
 
+def _node(cp: ControlPlane, tmp_path: Path) -> NodeChild:
+    """`edgemq node` as a child process (not started) on `tmp_path / "node"`."""
+    return NodeChild(
+        data_dir=tmp_path / "node", control_url=cp.url, node_key=cp.node_key, http_port=free_port()
+    )
+
+
 async def _start_stream(
-    node: NodeProcess, session: aiohttp.ClientSession, endpoint_id: str, api_key: str
+    node: NodeChild, session: aiohttp.ClientSession, endpoint_id: str, api_key: str
 ) -> Stream:
     ledger = Ledger()
     url = f"{node.url}/ingest/{endpoint_id}"
@@ -168,12 +175,7 @@ async def test_a_node_killed_at_random_instants_mid_stream_loses_no_acknowledged
     out = tmp_path / "objects"
     async with control_plane(str(tmp_path)) as cp, aiohttp.ClientSession() as session:
         endpoint = await _setup(cp, out)
-        node = NodeProcess(
-            data_dir=tmp_path / "node",
-            control_url=cp.url,
-            node_key=cp.node_key,
-            http_port=free_port(),
-        )
+        node = _node(cp, tmp_path)
         stream: Stream | None = None
         try:
             node.start()
@@ -208,12 +210,7 @@ async def test_sigterm_mid_stream_drains_everything_and_exits_zero(tmp_path: Pat
     out = tmp_path / "objects"
     async with control_plane(str(tmp_path)) as cp, aiohttp.ClientSession() as session:
         endpoint = await _setup(cp, out)
-        node = NodeProcess(
-            data_dir=tmp_path / "node",
-            control_url=cp.url,
-            node_key=cp.node_key,
-            http_port=free_port(),
-        )
+        node = _node(cp, tmp_path)
         stream: Stream | None = None
         try:
             node.start()
