@@ -17,80 +17,20 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from ingest.mqtt import client_codec as cc
 from tests.support.postgres import free_port
+from tests.support.processes import NodeChild
 from tests.support.stack import control_plane
 
 from .support import MQTT_ON, raw_rows
 
-ROOT = Path(__file__).resolve().parents[3]
 PUBLISHERS = 4
 WINDOW = 64
 KILLS = 3
-
-
-class NodeChild:
-    """`python -m edgemq node` with its options in the EDGEMQ_* environment."""
-
-    def __init__(self, data_dir: Path, control_url: str, node_key: str) -> None:
-        self.http_port, self.mqtt_port = free_port(), free_port()
-        self.log = data_dir.parent / "node.log"
-        self.env = {
-            **os.environ,
-            "EDGEMQ_CONTROL_URL": control_url,
-            "EDGEMQ_NODE_KEY": node_key,
-            "EDGEMQ_REGION": "loc",
-            "EDGEMQ_DATA_DIR": str(data_dir),
-            "EDGEMQ_HOST": "127.0.0.1",
-            "EDGEMQ_HTTP_PORT": str(self.http_port),
-            "EDGEMQ_MQTT_PORT": str(self.mqtt_port),
-            "EDGEMQ_SEGMENT_BYTES_MIN": str(16 * 1024),
-            "EDGEMQ_DRAIN_DEADLINE_S": "30",
-            "EDGEMQ_DISK_RESERVE_BYTES": str(16 * 1024 * 1024),
-            "EDGEMQ_LOG_LEVEL": "WARNING",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgemq", "node"],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    async def ready(self, session: aiohttp.ClientSession) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while loop.time() < deadline:
-            assert self.proc is not None
-            assert self.proc.poll() is None, f"node exited:\n{self.tail()}"
-            try:
-                url = f"http://127.0.0.1:{self.http_port}/readyz"
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"node not ready:\n{self.tail()}")
-
-    async def signal(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.to_thread(self.proc.wait, 60)
 
 
 class Publisher:
@@ -176,34 +116,44 @@ async def test_pubacked_messages_survive_repeated_sigkill_of_the_node(tmp_path: 
     async with control_plane(str(tmp_path)) as cp, aiohttp.ClientSession() as http:
         dest = await cp.local_destination(str(out))
         endpoint = await cp.endpoint(dest["id"], mqtt_config={**MQTT_ON, "qos_max": 1})
-        node = NodeChild(tmp_path / "node", cp.url, cp.node_key)
+        node = NodeChild(
+            data_dir=tmp_path / "node",
+            control_url=cp.url,
+            node_key=cp.node_key,
+            http_port=free_port(),
+            mqtt_port=free_port(),
+            drain_deadline_s=30,
+        )
         node.start()
-        await node.ready(http)
-        stop = asyncio.Event()
-        publishers = [
-            Publisher(n, node.mqtt_port, cp.api_key, endpoint["id"]) for n in range(PUBLISHERS)
-        ]
-        tasks = [asyncio.create_task(p.run(stop)) for p in publishers]
         try:
-            for cycle in range(KILLS):
-                acked_before = sum(len(p.acked) for p in publishers)
-                await asyncio.sleep(rng.uniform(0.3, 1.2))  # the fault's timing is the input
-                assert await node.signal(signal.SIGKILL) == -signal.SIGKILL
-                acked = sum(len(p.acked) for p in publishers)
-                print(f"cycle {cycle}: killed with {acked} acked (+{acked - acked_before})")
-                node.start()
-                await node.ready(http)
-            await asyncio.sleep(rng.uniform(0.3, 1.0))
-            stop.set()
-            async with asyncio.timeout(60):
-                await asyncio.gather(*tasks)
+            await node.wait_ready(http)
+            stop = asyncio.Event()
+            publishers = [
+                Publisher(n, node.mqtt_port, cp.api_key, endpoint["id"]) for n in range(PUBLISHERS)
+            ]
+            tasks = [asyncio.create_task(p.run(stop)) for p in publishers]
+            try:
+                for cycle in range(KILLS):
+                    acked_before = sum(len(p.acked) for p in publishers)
+                    await asyncio.sleep(rng.uniform(0.3, 1.2))  # the fault's timing is the input
+                    assert await node.kill() == -signal.SIGKILL
+                    acked = sum(len(p.acked) for p in publishers)
+                    print(f"cycle {cycle}: killed with {acked} acked (+{acked - acked_before})")
+                    node.start()
+                    await node.wait_ready(http)
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
+                stop.set()
+                async with asyncio.timeout(60):
+                    await asyncio.gather(*tasks)
+            finally:
+                stop.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            code = await node.terminate(timeout_s=60)
+            assert code == 0, f"drain left data behind (exit {code}):\n{node.log_tail()}"
         finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        code = await node.signal(signal.SIGTERM)
-        assert code == 0, f"drain left data behind (exit {code}):\n{node.tail()}"
+            await node.close()
     rows = raw_rows(out, endpoint["id"])
     seen = collections.Counter(
         (json.loads(payload)["p"], json.loads(payload)["m"]) for _, payload in rows
