@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from .blocks import Block, fenced_blocks, marked_tables, output_matches, tested_blocks
@@ -71,20 +72,26 @@ def _first(pattern: str, stack: Stack) -> Path:
     return found[0]
 
 
-def _parquet_columns(path: Path) -> list[tuple[str, str]]:
+def _parquet_columns(path: Path) -> list[tuple[str, str, str, str]]:
+    """(name, Arrow type, DuckDB type, nullable) of each column of a Parquet file."""
+    schema = pq.read_schema(path)
     with duckdb.connect() as con:
-        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
+        described = con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet('{path}', hive_partitioning = false)"
+        ).fetchall()
+    return [
+        (field.name, str(field.type), str(row[1]), "yes" if field.nullable else "no")
+        for field, row in zip(schema, described, strict=True)
+    ]
 
 
 def _check_schema(rows: list[list[str]], path: Path, where: str) -> None:
-    documented = [(BACKTICKED.findall(r[0]), r[1].split()[0]) for r in rows]
-    names = [n for ns, _ in documented for n in ns]
+    """Rows `| `name` | `arrow type` | `DuckDB type` | nullable | meaning |`."""
+    documented = [
+        (r[0].strip("`"), r[1].strip("`"), r[2].strip("`"), r[3].strip().lower()) for r in rows
+    ]
     actual = _parquet_columns(path)
-    assert names == [n for n, _ in actual], f"{where}: columns {names} != {actual}"
-    types = {n: t for ns, t in documented for n in ns}
-    for name, kind in actual:
-        assert kind.startswith(types[name]), f"{where}: {name} is {kind}, documented {types[name]}"
+    assert documented == actual, f"{where}: documented {documented}\n!= produced {actual}"
 
 
 def _node_metric_families(stack: Stack) -> set[str]:
