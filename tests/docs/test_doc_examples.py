@@ -99,7 +99,7 @@ def _node_metric_families(stack: Stack) -> set[str]:
         text = resp.read().decode()
     families = set()
     for line in text.splitlines():
-        if line.startswith("# TYPE edgemq_"):
+        if line.startswith("# TYPE edgemq_") and not line.split()[2].endswith("_created"):
             families.add(line.split()[2])
     return families
 
