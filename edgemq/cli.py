@@ -60,6 +60,7 @@ def _node(args: argparse.Namespace) -> int:
         inflight_bytes_max=args.inflight_bytes_max,
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
+        http_connections_max=args.http_connections_max,
     )
     settings = NodeSettings(
         data_dir=args.data_dir,
@@ -235,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(
         node,
+        "--http-connections-max",
+        default=1024,
+        type=int,
+        help="open HTTP connections across the node (503 `connections` beyond; ADR 0014)",
+    )
+    add_option(
+        node,
         "--retry-cap-s",
         default=30.0,
         type=float,
@@ -306,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.add_argument("path", help="segment file (.wal, .wal.open or .wal.zst)")
     cat.set_defaults(func=_segment_cat)
+
+    from .bench_cmd import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
