@@ -1,5 +1,5 @@
 # Thin aliases for ./dev, which is the real entry point (README, CI).
-.PHONY: check test up setup
+.PHONY: check test up setup bench
 check:
 	./dev check
 test:
@@ -8,3 +8,5 @@ up:
 	./dev up
 setup:
 	./dev setup
+bench:  # BENCH_ARGS=--full for the long profile
+	./dev bench $(BENCH_ARGS)
