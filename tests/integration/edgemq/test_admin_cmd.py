@@ -1,0 +1,160 @@
+"""`edgemq admin` account and key commands as subprocesses, on SQLite and on a real
+PostgreSQL server: create, list (no secrets), revoke (idempotent; an account key bumps
+the config epoch and stops authenticating, a node key stops at once), and the errors
+an operator can make (exit 2, nothing created by accident)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from control.server import open_context
+from control.services import keys
+from control.store import open_database
+from tests.support.postgres import PostgresServer, pg_bin, start_postgres
+from tests.support.processes import ROOT, admin, child_env
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer | None]:
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must run the PostgreSQL suite: install the postgresql package")
+        yield None
+        return
+    server = start_postgres(tempfile.mkdtemp(prefix="edgemq-pg-admin-"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer | None
+) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'control.db'}"
+    else:
+        if postgres is None:
+            pytest.skip("PostgreSQL binaries not installed (CI requires them)")
+        url = postgres.url(postgres.create_database())
+    db = await open_database(url)  # the schema, as a control plane's first start makes it
+    await db.close()
+    return url
+
+
+def _run_sync(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgemq", "admin", "--database-url", database_url, *args],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def _run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(_run_sync, database_url, *args)
+
+
+async def _epoch(database_url: str) -> int:
+    async with open_context(database_url) as ctx:
+        return await ctx.config_epoch()
+
+
+async def _authenticates(database_url: str, api_key: str) -> bool:
+    async with open_context(database_url) as ctx:
+        return await keys.authenticate_key(ctx, api_key) is not None
+
+
+async def test_accounts_and_keys_are_listed_without_secrets_and_revoked(database_url: str) -> None:
+    acme = await admin(database_url, "create-account", "acme")
+    other = await admin(database_url, "create-account", "globex")
+    ingest = await admin(
+        database_url, "create-key", "--account", acme["id"], "--scopes", "ingest,metrics"
+    )
+    reader = await admin(
+        database_url, "create-key", "--account", acme["id"], "--scopes", "metrics", "--name", "r"
+    )
+    await admin(database_url, "create-key", "--account", other["id"], "--scopes", "admin")
+
+    accounts = await admin(database_url, "list-accounts")
+    by_id = {a["id"]: a for a in accounts["items"]}
+    assert accounts["total"] == 2
+    assert (by_id[acme["id"]]["name"], by_id[acme["id"]]["active_keys"]) == ("acme", 2)
+    assert by_id[acme["id"]]["tenant"] == acme["tenant"]
+    assert (by_id[other["id"]]["active_keys"], by_id[other["id"]]["endpoints"]) == (1, 0)
+
+    listed = await _run(database_url, "list-keys", "--account", acme["id"])
+    assert listed.returncode == 0, listed.stderr
+    assert ingest["api_key"] not in listed.stdout
+    assert reader["api_key"] not in listed.stdout
+    acme_keys = await admin(database_url, "list-keys", "--account", acme["id"])
+    assert {k["id"] for k in acme_keys["items"]} == {ingest["id"], reader["id"]}
+    assert all("api_key" not in k and k["revoked_at"] is None for k in acme_keys["items"])
+    assert {k["prefix"] for k in acme_keys["items"]} == {ingest["prefix"], reader["prefix"]}
+
+    # Revoking an ingest key bumps the epoch once (nodes drop it); again changes nothing.
+    before = await _epoch(database_url)
+    assert await _authenticates(database_url, ingest["api_key"])
+    revoked = await admin(database_url, "revoke-key", "--key-id", ingest["id"])
+    assert revoked["id"] == ingest["id"]
+    assert revoked["revoked_at"] is not None
+    assert revoked["config_epoch"] == before + 1 == await _epoch(database_url)
+    assert not await _authenticates(database_url, ingest["api_key"])
+    assert await _authenticates(database_url, reader["api_key"])
+    again = await admin(database_url, "revoke-key", "--key-id", ingest["id"])
+    assert (again["revoked_at"], again["config_epoch"]) == (revoked["revoked_at"], before + 1)
+    acme_keys = await admin(database_url, "list-keys", "--account", acme["id"])
+    state = {k["id"]: k["revoked_at"] for k in acme_keys["items"]}
+    assert state == {ingest["id"]: revoked["revoked_at"], reader["id"]: None}
+    accounts = await admin(database_url, "list-accounts")
+    assert {a["id"]: a["active_keys"] for a in accounts["items"]}[acme["id"]] == 1
+
+
+async def test_node_keys_are_listed_and_revoked_at_once(database_url: str) -> None:
+    node_key = await admin(database_url, "create-node-key", "edge-fleet")
+    listed = await admin(database_url, "list-keys", "--node-keys")
+    assert [(k["id"], k["scopes"]) for k in listed["items"]] == [(node_key["id"], ["node"])]
+    before = await _epoch(database_url)
+    assert await _authenticates(database_url, node_key["api_key"])
+    revoked = await admin(database_url, "revoke-key", "--key-id", node_key["id"])
+    assert revoked["revoked_at"] is not None
+    assert revoked["account_id"] is None
+    assert revoked["config_epoch"] == before  # node keys are not in snapshots
+    assert not await _authenticates(database_url, node_key["api_key"])
+
+
+MISTAKES = [
+    (("list-keys", "--account", "00000000-0000-0000-0000-000000000000"), "no account"),
+    (("list-keys",), "exactly one of"),
+    (("revoke-key", "--key-id", "00000000-0000-0000-0000-000000000000"), "no API key"),
+    (("revoke-key", "--key-id", "not-a-key"), "no API key"),
+]
+
+
+async def test_operator_mistakes_exit_2_with_a_message(database_url: str) -> None:
+    runs = await asyncio.gather(*(_run(database_url, *args) for args, _ in MISTAKES))
+    for (args, message), done in zip(MISTAKES, runs, strict=True):
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr, args
+        assert done.stdout == ""
+
+
+async def test_listing_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "control.db"
+    done = await _run(f"sqlite:///{missing}", "list-accounts")
+    assert done.returncode == 2
+    assert "no control store" in done.stderr
+    assert not missing.parent.exists()
