@@ -7,7 +7,8 @@ replicas. The test walks, asserting at each step:
 
 1. endpoints made before any node runs are `deploying` with no addresses; once the
    nodes apply the epoch they are `active`, and iad's `dns_ipv4` is exactly the three
-   iad addresses (fra's is fra's);
+   iad addresses (fra's is fra's); an endpoint made while the nodes run (frozen with
+   SIGSTOP for that moment, so none can apply it) is `deploying`, then `active`;
 2. records sent to every node are committed under that node's own keys, with
    contiguous sequence numbers; the commit list sums to what each node acknowledged;
 3. a view attached through replica 1 reaches all four nodes through the long poll
@@ -94,6 +95,15 @@ async def _scenario(c: Cluster) -> None:
     await _wait_state(c, e_iad, "active", iad)
     await _wait_state(c, e_fra, "active", [fra])
     assert len({n.node_id for n in c.nodes}) == 4
+    # An endpoint made while the nodes run: with them frozen (still healthy, but unable
+    # to apply the new epoch) it is `deploying`; thawed, they apply it and it is active.
+    for node in iad:
+        node.child.pause()
+    e_late = (await api.endpoint(dest["id"], region="iad"))["id"]
+    assert _state(await _both(c, e_late)) == {("deploying", ())}
+    for node in iad:
+        node.child.resume()
+    await _wait_state(c, e_late, "active", iad)
 
     # 2. data to every node; every node's commits add up to what it acknowledged.
     targets = [(n, e_iad) for n in iad] + [(fra, e_fra)]
