@@ -82,7 +82,7 @@ async def _committed(
 
             async def all_committed() -> bool:
                 commits = await cp.commits(endpoint["id"])
-                return sum(c["frames"] for c in commits) == len(sent)
+                return bool(sum(c["frames"] for c in commits) == len(sent))
 
             await wait_for(all_committed, timeout_s=60, what="every record committed")
             yield Committed(cp, endpoint["id"], node.node_id, sent)
