@@ -121,6 +121,15 @@ class Stack:
         pattern = f"{self.bucket_dir()}/loc/{self.boot['endpoint_id']}/commits/*/*/*.json"
         return sorted(Path(p) for p in glob.glob(pattern))
 
+    def wait_active(self) -> None:
+        """The demo endpoint is `active` once the node's heartbeat reports the config
+        epoch it applied (every 5 s): the state a user finds a few seconds after start."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while self.api(f"/v1/endpoints/{self.boot['endpoint_id']}")["status"] != "active":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the demo endpoint is not active:\n{self.log()}")
+            time.sleep(0.2)
+
     def seed(self) -> Path:
         """Send SEED_EVENTS and wait for the manifest that has a DLQ artifact."""
         answer = self.request(

@@ -49,6 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pat
     running = start(tmp_path_factory.mktemp("docs"))
     try:
         manifest = running.seed()
+        running.wait_active()
         yield running, manifest
     finally:
         code = running.stop()
