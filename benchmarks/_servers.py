@@ -14,7 +14,9 @@ import signal
 import socket
 import statistics
 import subprocess
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +108,27 @@ def write_json(path: str, doc: Any) -> None:
         json.dump(doc, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def save_json(path: str | None, doc: Any) -> None:
+    """`--json PATH`: write `doc` there (parent directories created); no path, nothing."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_json(path, doc)
+
+
+@contextlib.contextmanager
+def temp_root(parent: str | None, prefix: str, *, keep: bool = False) -> Iterator[str]:
+    """A temp directory under `parent` (default: the current directory), removed at the
+    end unless `keep` (then its path goes to stderr)."""
+    root = tempfile.mkdtemp(prefix=prefix, dir=os.path.abspath(parent or os.getcwd()))
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def read_json(path: str) -> Any:

@@ -92,14 +92,12 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import json
 import os
 import pstats
 import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,7 +114,9 @@ from _servers import (  # noqa: E402 (after the sys.path set-up above)
     fs_type,
     main_thread_cpu_s,
     proc_cpu_s,
+    save_json,
     spawn,
+    temp_root,
     vm_hwm_bytes,
 )
 from _servers import fmt_k as _fmt_k  # noqa: E402
@@ -1324,21 +1324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_pin and len(cpus) >= 2 and shutil.which("taskset"):
         pin = (cpus[0], cpus[1])
         os.sched_setaffinity(0, {pin[1]})  # before any thread or child process
-    parent = os.path.abspath(args.dir or os.getcwd())
-    root = tempfile.mkdtemp(prefix=".http-ingest-", dir=parent)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            results = runner.run(amain(args, root, pin))
-    finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+    with (
+        temp_root(args.dir, ".http-ingest-", keep=args.keep) as root,
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+    ):
+        results = runner.run(amain(args, root, pin))
+    save_json(args.json, results)
     return 0
 
 

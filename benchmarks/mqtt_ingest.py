@@ -117,7 +117,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -138,7 +137,9 @@ from _servers import (  # noqa: E402 (after the sys.path set-up above)
     proc_cpu_s,
     proc_status_bytes,
     proc_user_sys_s,
+    save_json,
     spawn,
+    temp_root,
 )
 from _servers import fmt_k as _fmt_k  # noqa: E402
 from _servers import loop_factory as _loop_factory  # noqa: E402
@@ -1393,18 +1394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_pin and len(cpus) >= 2 and shutil.which("taskset"):
         pin = (cpus[0], cpus[1])
         os.sched_setaffinity(0, {pin[1]})  # before any child: the publishers inherit it
-    parent = os.path.abspath(args.dir or os.getcwd())
-    root = tempfile.mkdtemp(prefix=".mqtt-ingest-", dir=parent)
-    try:
+    with temp_root(args.dir, ".mqtt-ingest-", keep=args.keep) as root:
         results = run_all(args, root, pin)
-    finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        _write_json(args.json, results)
+    save_json(args.json, results)
     return 0
 
 

@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -62,8 +61,9 @@ from _servers import (  # noqa: E402 (after the sys.path set-up above)
     fs_type,
     loadavg,
     median,
+    save_json,
     spawn,
-    write_json,
+    temp_root,
 )
 
 MIB = 1024 * 1024
@@ -336,17 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if free < need:
         print(f"R2: {free / GIB:.1f} GiB free under {parent}, need {need / GIB:.1f} GiB")
         return 1
-    root = tempfile.mkdtemp(prefix=".r2-restart-", dir=parent)
-    try:
+    with temp_root(args.dir, ".r2-restart-", keep=args.keep) as root:
         results = asyncio.run(amain(args, root))
-    finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        write_json(args.json, results)
+    save_json(args.json, results)
     return 0
 
 
