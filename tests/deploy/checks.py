@@ -167,6 +167,9 @@ def _node_problems(args: Any, w: dict[str, Any], c: dict[str, Any], where: str) 
         )
     if not args.node_key:
         problems.append(f"{where}: no EDGEMQ_NODE_KEY")
+    label = w["spec"]["template"]["metadata"]["labels"].get("edgemq.io/region")
+    if label != args.region:
+        problems.append(f"{where}: pod label edgemq.io/region={label}, EDGEMQ_REGION={args.region}")
     return problems
 
 

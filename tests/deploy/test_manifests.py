@@ -179,6 +179,7 @@ K8S_MUTATIONS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
         terminationGracePeriodSeconds=30
     ),
     "drain": lambda d: _set_env(_node_container(d), "EDGEMQ_DRAIN_DEADLINE_S", "55"),
+    "region": lambda d: _set_env(_node_container(d), "EDGEMQ_REGION", "fra"),
     "loopback": lambda d: _set_env(_node_container(d), "EDGEMQ_HOST", "127.0.0.1"),
     "unknown env": lambda d: _set_env(_node_container(d), "EDGEMQ_REGIONS", "iad"),
     "bad value": lambda d: _set_env(_node_container(d), "EDGEMQ_MQTT_PORT", "mqtt"),
