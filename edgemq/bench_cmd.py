@@ -50,7 +50,7 @@ SPECS: tuple[Spec, ...] = (
         [("W1", "WAL append, durable acks", "≥ 0.90 of os.write+fdatasync MB/s")],
         {
             "smoke": "--rounds 1 --mib 2 --segment-mib 1 --producers 8".split(),
-            "quick": "--rounds 3 --mib 64".split(),
+            "quick": "--rounds 5 --mib 64".split(),
             "full": [],
         },
         {"smoke": 60, "quick": 240, "full": 900},
@@ -58,7 +58,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "view_materialize",
         [("V1", "materialise a segment", "≥ 0.90 of DuckDB read_json+COPY MB/s")],
-        {"smoke": "--rounds 1 --segment-mib 1".split(), "quick": "--rounds 3".split(), "full": []},
+        {"smoke": "--rounds 1 --segment-mib 1".split(), "quick": "--rounds 5".split(), "full": []},
         {"smoke": 60, "quick": 240, "full": 900},
     ),
     Spec(
@@ -69,7 +69,7 @@ SPECS: tuple[Spec, ...] = (
         ],
         {
             "smoke": "--stores sqlite --rounds 1 --endpoints 100 --exchange-seconds 1 --list-requests 20 --status-requests 2".split(),
-            "quick": "--rounds 1 --exchange-seconds 3 --list-requests 300 --status-requests 5".split(),
+            "quick": "--rounds 2 --exchange-seconds 3 --list-requests 300 --status-requests 5".split(),
             "full": [],
         },
         {"smoke": 120, "quick": 420, "full": 1800},
@@ -83,7 +83,7 @@ SPECS: tuple[Spec, ...] = (
         ],
         {
             "smoke": "--only h2 --rounds 1 --h2-requests 500 --warmup-s 0.2".split(),
-            "quick": "--rounds 1 --h1-mib 160 --h2-requests 15000 --e1-seconds 40 --e1-drain-timeout 240".split(),
+            "quick": "--rounds 2 --h1-mib 256 --h2-requests 20000 --e1-seconds 60 --e1-drain-timeout 240".split(),
             "full": [],
         },
         {"smoke": 120, "quick": 480, "full": 2400},
@@ -98,7 +98,7 @@ SPECS: tuple[Spec, ...] = (
         ],
         {
             "smoke": "--only m1 --rounds 1 --messages 5000".split(),
-            "quick": "--rounds 1 --messages 150000 --qos0-messages 600000 --amqtt-messages 5000".split(),
+            "quick": "--rounds 2 --messages 200000 --qos0-messages 800000 --amqtt-messages 5000".split(),
             "full": [],
         },
         {"smoke": 120, "quick": 480, "full": 2400},
@@ -108,7 +108,7 @@ SPECS: tuple[Spec, ...] = (
         [("R2", "restart with unshipped WAL", "ready to ingest in ≤ 2 s")],
         {
             "smoke": "--wal-mib 4 --rounds 1".split(),
-            "quick": "--wal-mib 256 --rounds 3".split(),
+            "quick": "--wal-mib 256 --rounds 5".split(),
             "full": [],
         },
         {"smoke": 120, "quick": 300, "full": 1200},

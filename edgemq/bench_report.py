@@ -299,8 +299,9 @@ def rows_from(
     run when the script succeeded without them (its arguments skipped them)."""
     rows: list[Row] = []
     if status == "ok" and doc is not None:
+        extract = EXTRACTORS[script]
         try:
-            rows = EXTRACTORS[script](doc)
+            rows = extract(doc)
         except (KeyError, TypeError, ValueError) as err:
             status = f"failed (unreadable JSON: {err!r})"
     seen = {r.id for r in rows}

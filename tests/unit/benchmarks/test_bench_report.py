@@ -8,6 +8,7 @@ from typing import Any
 from edgemq.bench_cmd import SPECS
 from edgemq.bench_report import (
     END,
+    EXTRACTORS,
     START,
     Row,
     render_block,
@@ -109,6 +110,7 @@ def _rows(script: str, doc: Any, status: str = "ok") -> list[Row]:
 
 
 def test_every_script_has_an_extractor_and_ratios_and_verdicts_follow_the_targets() -> None:
+    assert set(EXTRACTORS) == {s.script for s in SPECS}
     docs = _docs()
     rows = {
         r.id + (r.name[-8:] if r.id.startswith("C") else ""): r
