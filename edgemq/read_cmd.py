@@ -335,7 +335,12 @@ def run_read(args: argparse.Namespace) -> int:
         if partial and target:
             os.replace(partial, target)
     except BrokenPipeError:
-        raise  # `edgemq read … | head`: the CLI exits quietly
+        # `edgemq read … | head`: the reader left; exit quietly (and let the final
+        # flush at interpreter exit go nowhere instead of failing again).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except IntegrityError as err:
         print(f"edgemq read: integrity check failed: {err}", file=sys.stderr)
         return 1
