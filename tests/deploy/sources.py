@@ -114,7 +114,11 @@ def node_routes() -> frozenset[tuple[str, str]]:
             node = Node(settings)
             try:
                 app = build_app(node)
-                return frozenset((r.method, r.resource.canonical) for r in app.router.routes())
+                return frozenset(
+                    (r.method, r.resource.canonical)
+                    for r in app.router.routes()
+                    if r.resource is not None
+                )
             finally:
                 node._executor.shutdown()
 
@@ -131,7 +135,11 @@ def control_routes() -> frozenset[tuple[str, str]]:
         with tempfile.TemporaryDirectory() as tmp:
             async with open_context(f"sqlite:///{tmp}/control.db") as ctx:
                 app = create_app(ctx)
-                return frozenset((r.method, r.resource.canonical) for r in app.router.routes())
+                return frozenset(
+                    (r.method, r.resource.canonical)
+                    for r in app.router.routes()
+                    if r.resource is not None
+                )
 
     return asyncio.run(build())
 

@@ -34,7 +34,10 @@ def _series(samples: dict[Any, float], name: str) -> dict[tuple[str, ...], float
 
 
 def _metrics(api: Api) -> ControlMetrics:
-    return api.client.server.app[METRICS]
+    app = api.client.app
+    assert app is not None
+    metrics: ControlMetrics = app[METRICS]
+    return metrics
 
 
 async def _node(api: Api, region: str, *, age_s: float, draining: bool = False) -> None:

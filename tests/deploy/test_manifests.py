@@ -40,6 +40,7 @@ from .sources import (
     code_metrics,
     dockerfile_env,
     effective,
+    env_problems,
     k8s_docs,
     read_dockerfile,
     read_env_file,
@@ -103,7 +104,7 @@ def test_every_edgemq_variable_in_deploy_is_an_option() -> None:
 def test_example_env_files_parse_as_the_cli_options(command: str) -> None:
     env = read_env_file(ENV_FILES[command])
     assert len(env) >= 6
-    assert checks.env_problems(command, env, ENV_FILES[command].name) == []
+    assert env_problems(command, env, ENV_FILES[command].name) == []
     # The values reach the parsed arguments (not only the names are right).
     args = effective(command, env)
     for name, value in env.items():
@@ -114,9 +115,9 @@ def test_example_env_files_parse_as_the_cli_options(command: str) -> None:
 
 def test_unknown_or_unparsable_variables_are_named() -> None:
     env = read_env_file(ENV_FILES["node"])
-    assert checks.env_problems("node", {**env, "EDGEMQ_HTTP_PROT": "8080"}, "x") != []
-    assert checks.env_problems("node", {**env, "EDGEMQ_HTTP_PORT": "eighty"}, "x") != []
-    assert checks.env_problems("control", {**env}, "x") != []  # node options for control
+    assert env_problems("node", {**env, "EDGEMQ_HTTP_PROT": "8080"}, "x") != []
+    assert env_problems("node", {**env, "EDGEMQ_HTTP_PORT": "eighty"}, "x") != []
+    assert env_problems("control", {**env}, "x") != []  # node options for control
     assert checks.unknown_variables({"x": "EDGEMQ_DATA_DIRECTORY=/x"}) != []
 
 
