@@ -10,8 +10,10 @@ a corrupted object must stop the read with exit 1 naming it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -43,6 +45,7 @@ class Committed:
     endpoint_id: str
     node_id: str
     sent: list[str]
+    opaque: list[bytes]
 
 
 def _lines(batch: int) -> list[str]:
@@ -59,10 +62,11 @@ def _lines(batch: int) -> list[str]:
 
 @asynccontextmanager
 async def _committed(
-    tmp_path: Path, destination: Any, *, batches: int = BATCHES
+    tmp_path: Path, destination: Any, *, batches: int = BATCHES, opaque: tuple[bytes, ...] = ()
 ) -> AsyncIterator[Committed]:
-    """A control plane and a node; `batches` batches sent 1.2 s apart (the endpoint
-    seals after 1 s, so each batch is its own segment), all committed."""
+    """A control plane and a node; `batches` NDJSON batches sent 1.2 s apart (the
+    endpoint seals after 1 s, so each batch is its own segment) and the `opaque`
+    records (octet-stream) with the first, all committed."""
     async with control_plane(str(tmp_path)) as cp:
         dest = await destination(cp)
         endpoint = await cp.endpoint(dest["id"], output_formats=["segments", "parquet"])
@@ -78,14 +82,21 @@ async def _committed(
                     async with s.post(url, data=body, headers=headers) as r:
                         assert r.status == 200, await r.text()
                     sent += lines
+                    for record in opaque if b == 0 else ():
+                        octets = {
+                            "X-API-Key": cp.api_key,
+                            "Content-Type": "application/octet-stream",
+                        }
+                        async with s.post(url, data=record, headers=octets) as r:
+                            assert r.status == 200, await r.text()
                     await asyncio.sleep(1.2)
 
             async def all_committed() -> bool:
                 commits = await cp.commits(endpoint["id"])
-                return bool(sum(c["frames"] for c in commits) == len(sent))
+                return bool(sum(c["frames"] for c in commits) == len(sent) + len(opaque))
 
             await wait_for(all_committed, timeout_s=60, what="every record committed")
-            yield Committed(cp, endpoint["id"], node.node_id, sent)
+            yield Committed(cp, endpoint["id"], node.node_id, sent, list(opaque))
 
 
 def _read_sync(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -121,21 +132,59 @@ async def _local(tmp_path: Path) -> Any:
     return make
 
 
+TEXT = "plain text, not JSON ✓".encode()
+BINARY = b"\xff\x00\xfe binary"
+
+
+def _canonical(line: str | bytes) -> str:
+    return json.dumps(json.loads(line), sort_keys=True)
+
+
+def _closed_pipe_sync(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """`edgemq read … | head -c 0`: the reader of stdout is gone before it writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "edgemq", "read", *args],
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
 async def test_read_returns_exactly_the_committed_records_across_segments(
     tmp_path: Path,
 ) -> None:
-    async with _committed(tmp_path, await _local(tmp_path)) as c:
+    async with _committed(tmp_path, await _local(tmp_path), opaque=(TEXT, BINARY)) as c:
         where = ["--destination", f"file://{tmp_path / 'objects' / 'lake'}"]
         where += ["--endpoint", c.endpoint_id]
         done = await _ok(*where, "--progress")
-        assert collections.Counter(_records(done.stdout)) == collections.Counter(c.sent)
+        lines = _records(done.stdout)
+        # JSON records come out exactly as sent; opaque ones as JSON strings.
+        expected = [
+            *c.sent,
+            json.dumps(TEXT.decode()),
+            json.dumps(base64.b64encode(BINARY).decode()),
+        ]
+        assert collections.Counter(map(_canonical, lines)) == collections.Counter(
+            map(_canonical, expected)
+        )
+        assert collections.Counter(c.sent) - collections.Counter(lines) == collections.Counter()
         manifests = list((tmp_path / "objects" / "lake").rglob("commits/**/*.json"))
         assert len(manifests) >= BATCHES  # several segments were read
         stderr = done.stderr.decode()
         total = len(manifests)
+        records = len(c.sent) + len(c.opaque)
         assert "\r[" in stderr, stderr  # the bar was drawn
         assert f"{total}/{total} segments" in stderr
-        assert f"{len(c.sent)} records from {total} committed segments" in stderr
+        assert f"{records} records from {total} committed segments" in stderr
 
         # No bar unless asked for (stderr is not a terminal here) or with --no-progress.
         quiet = await _ok(*where)
@@ -148,11 +197,12 @@ async def test_read_returns_exactly_the_committed_records_across_segments(
         await _ok(*where, "--with-meta", "--output", str(out), "--region", "loc")
         meta = [json.loads(line) for line in out.read_text().splitlines()]
         assert not (tmp_path / "export.ndjson.partial").exists()
-        assert collections.Counter(json.dumps(m["payload"]) for m in meta) == collections.Counter(
-            json.dumps(json.loads(line)) for line in c.sent
+        assert collections.Counter(_canonical(json.dumps(m["payload"])) for m in meta) == (
+            collections.Counter(map(_canonical, expected))
         )
+        encodings = collections.Counter(m["encoding"] for m in meta)
+        assert encodings == {"json": len(c.sent), "utf-8": 1, "base64": 1}
         assert {m["node_id"] for m in meta} == {c.node_id}
-        assert {m["encoding"] for m in meta} == {"json"}
         assert len({(m["epoch"], m["seq"]) for m in meta}) == total
         assert all(m["topic"] is None for m in meta)
 
@@ -160,15 +210,23 @@ async def test_read_returns_exactly_the_committed_records_across_segments(
         times = sorted({m["ts_ms"] for m in meta})
         since, until = times[len(times) // 3], times[2 * len(times) // 3]
         window = await _ok(*where, "--since", str(since), "--until", str(until))
-        expected = [json.dumps(m["payload"]) for m in meta if since <= m["ts_ms"] < until]
-        got = [json.dumps(json.loads(line)) for line in _records(window.stdout)]
-        assert collections.Counter(got) == collections.Counter(expected)
-        assert 0 < len(got) < len(c.sent)
+        inside = [json.dumps(m["payload"]) for m in meta if since <= m["ts_ms"] < until]
+        got = _records(window.stdout)
+        assert collections.Counter(map(_canonical, got)) == collections.Counter(
+            map(_canonical, inside)
+        )
+        assert 0 < len(got) < records
 
-        # --node and --format raw.
+        # --node and --format raw: the payload bytes themselves.
         raw = await _ok(*where, "--node", c.node_id, "--format", "raw")
-        assert raw.stdout == done.stdout  # JSON payloads: raw and ndjson lines agree
+        assert collections.Counter(raw.stdout.split(b"\n")[:-1]) == collections.Counter(
+            [line.encode() for line in c.sent] + [TEXT, BINARY]
+        )
         assert (await _ok(*where, "--node", "no-such-node")).stdout == b""
+
+        # A reader that goes away early (`| head`) is not an error.
+        gone = await asyncio.to_thread(_closed_pipe_sync, *where)
+        assert (gone.returncode, gone.stderr) == (0, b"")
 
 
 async def test_a_segment_without_manifest_is_not_read_and_corruption_is_exit_1(
