@@ -63,7 +63,7 @@ def _gap_is_blank(lines: list[str], start: int, end: int) -> bool:
     return all(not line.strip() for line in lines[start:end])
 
 
-def tested_blocks(path: Path) -> list[Block]:
+def executed_blocks(path: Path) -> list[Block]:
     """The `test` blocks of a file, each with the `output` block that follows it."""
     lines = path.read_text().splitlines()
     every = fenced_blocks(path)

@@ -42,17 +42,35 @@ def with_ports(text: str, stack: Stack) -> str:
     )
 
 
+def setup_env(stack: Stack) -> dict[str, str]:
+    """The environment after the setup block, computed once per stack (the block runs
+    for real; later examples start from what it exported)."""
+    if stack.doc_env is None:
+        script = "set -euo pipefail\n" + with_ports(prelude(), stack) + "\nenv -0\n"
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=stack.workdir,
+            env=stack.env(),
+            capture_output=True,
+            timeout=BLOCK_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            raise ExampleFailed(f"{PRELUDE_DOC}: the setup block failed: {done.stderr!r}")
+        pairs = (item.split(b"=", 1) for item in done.stdout.split(b"\0") if b"=" in item)
+        stack.doc_env = {k.decode(): v.decode() for k, v in pairs}
+    return dict(stack.doc_env)
+
+
 def run_shell(block: Block, stack: Stack, *, setup: bool = True) -> str:
     """Run a shell (or, through `python3 -`, a Python) example; its stdout."""
     body = with_ports(block.text, stack)
     if block.lang == "python":
         body = f"python3 - <<'EDGEMQ_DOC_PY'\n{body}EDGEMQ_DOC_PY\n"
-    script = "set -euo pipefail\n" + (prelude() if setup else "") + "\n" + body
     try:
         done = subprocess.run(
-            ["bash", "-c", script],
+            ["bash", "-c", "set -euo pipefail\n" + body],
             cwd=stack.workdir,
-            env=stack.env(),
+            env=setup_env(stack) if setup else stack.env(),
             capture_output=True,
             text=True,
             timeout=BLOCK_TIMEOUT_S,

@@ -74,6 +74,8 @@ class Stack:
             stderr=subprocess.STDOUT,
         )
         self.boot: dict[str, Any] = {}
+        self.doc_env: dict[str, str] | None = None
+        """The environment the docs' setup block exports (tests/docs/runner.py)."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEMQ_")}

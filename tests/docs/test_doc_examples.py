@@ -20,7 +20,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from .blocks import Block, fenced_blocks, marked_tables, output_matches, tested_blocks
+from .blocks import Block, executed_blocks, fenced_blocks, marked_tables, output_matches
 from .runner import ExampleFailed, run_block, run_shell
 from .stack import ROOT, Stack, start
 
@@ -64,7 +64,7 @@ def _id(path: Path) -> str:
 def test_each_doc_has_executed_examples(name: str) -> None:
     path = ROOT / "docs" / name
     assert path.exists(), f"{path} is missing"
-    assert tested_blocks(path) or marked_tables(path), f"docs/{name} has no ```… test example"
+    assert executed_blocks(path) or marked_tables(path), f"docs/{name} has no ```… test example"
 
 
 def _first(pattern: str, stack: Stack) -> Path:
@@ -131,7 +131,7 @@ def check_tables(path: Path, stack: Stack, manifest: Path) -> int:
 @pytest.mark.parametrize("path", DOCS, ids=_id)
 def test_doc_examples_run(path: Path, stack: tuple[Stack, Path]) -> None:
     running, manifest = stack
-    blocks = tested_blocks(path)
+    blocks = executed_blocks(path)
     for block in blocks:
         run_block(block, running, manifest)
     check_tables(path, running, manifest)
@@ -171,7 +171,7 @@ def test_a_broken_example_fails(tmp_path: Path, stack: tuple[Stack, Path]) -> No
         f"```json test manifest\n{json.dumps(good)}\n```\n\n"
         "```python test\nraise SystemExit(2)\n```\n"
     )
-    blocks = tested_blocks(doc)
+    blocks = executed_blocks(doc)
     assert len(blocks) == 6
     for block in blocks:
         with pytest.raises(ExampleFailed):
