@@ -79,6 +79,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -1073,8 +1074,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {}
     try:
         for store in args.store_list:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                results[store] = runner.run(run_store(env, store))
+            try:
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    results[store] = runner.run(run_store(env, store))
+            except Exception as err:  # e.g. PostgreSQL did not start: the other store still runs
+                traceback.print_exc()
+                results[store] = {"store": store, "error": repr(err), "summary": ""}
+                results[store]["summary"] = f"control_api {store}: FAILED: {err!r}"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -1102,7 +1108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write("\n")
     for store in args.store_list:
         print(results[store]["summary"])
-    return 0
+    return 1 if any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":

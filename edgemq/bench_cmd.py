@@ -238,10 +238,10 @@ def run(args: argparse.Namespace) -> int:
         status = run_script(argv, repo, raw_dir / f"{spec.script}.log", timeout)
         duration = time.monotonic() - t0
         doc: Any = None
-        if status == "ok":
-            try:
-                doc = json.loads(json_path.read_text())
-            except (OSError, ValueError) as err:
+        try:
+            doc = json.loads(json_path.read_text())
+        except (OSError, ValueError) as err:
+            if status == "ok":
                 status = f"failed (no JSON: {err})"
         got = rows_from(
             spec.script, spec.expected, doc, status=status, command=command, duration_s=duration

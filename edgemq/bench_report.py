@@ -239,6 +239,15 @@ def _r2(doc: Doc) -> list[Row]:
 def _control(doc: Doc) -> list[Row]:
     rows: list[Row] = []
     for store, s in doc["stores"].items():
+        if "error" in s:
+            failed = f"failed: {s['error'][:120]}"
+            rows.append(
+                Row("C1", f"control API token exchange ({store})", "≥ 500 req/s", status=failed)
+            )
+            rows.append(
+                Row("C2", f"control API endpoint list ({store})", "p99 ≤ 20 ms", status=failed)
+            )
+            continue
         ex, t = s["exchange"], s["targets"]
         c, b = ex["control"], ex["baseline"]
         rows.append(
@@ -298,12 +307,13 @@ def rows_from(
     the run did not produce are reported with its `status` (failed, timeout), or as not
     run when the script succeeded without them (its arguments skipped them)."""
     rows: list[Row] = []
-    if status == "ok" and doc is not None:
+    if doc is not None:  # a failed run may still have written part of its results
         extract = EXTRACTORS[script]
         try:
             rows = extract(doc)
         except (KeyError, TypeError, ValueError) as err:
-            status = f"failed (unreadable JSON: {err!r})"
+            if status == "ok":
+                status = f"failed (unreadable JSON: {err!r})"
     seen = {r.id for r in rows}
     absent = "not run (not in this profile)" if status == "ok" else status
     rows += [

@@ -216,3 +216,23 @@ def test_replace_block_without_markers_adds_a_latest_report_section_at_the_top()
         == f"# Benchmarks\n\n## Latest report\n\n{START}\nT\n{END}\n\nMethod: see docs.\n\n## W1\n"
     )
     assert replace_block(out, "U\n") == out.replace("\nT\n", "\nU\n")
+
+
+def test_a_store_that_failed_is_reported_and_the_other_store_keeps_its_figures() -> None:
+    doc = _docs()["control_api"]
+    doc["stores"]["postgresql"] = {"error": "CalledProcessError(1, ['pg_ctl'])"}
+    rows = rows_from(
+        "control_api",
+        _expected("control_api"),
+        doc,
+        status="failed (exit 1)",
+        command="cmd",
+        duration_s=3.0,
+    )
+    by_name = {r.name: r for r in rows}
+    assert by_name["control API token exchange (sqlite)"].status == "ok"
+    assert by_name["control API token exchange (sqlite)"].measured == 450.0
+    failed = by_name["control API token exchange (postgresql)"]
+    assert failed.status == "failed: CalledProcessError(1, ['pg_ctl'])"
+    assert failed.met is None
+    assert [r.id for r in rows] == ["C1", "C1", "C2", "C2"]
