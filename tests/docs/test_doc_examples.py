@@ -183,3 +183,38 @@ def test_output_placeholders() -> None:
     assert output_matches('{"accepted": 2, "epoch": <n>}\n', '{"accepted": 2, "epoch": 17}\n')
     assert not output_matches('{"accepted": 2}\n', '{"accepted": 3}\n')
     assert not output_matches("a <id>\n", "a 1\nextra\n")
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    in_fence = False
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        elif not in_fence and line.startswith("#"):
+            anchors.add(_slug(line.lstrip("#")))
+    return anchors
+
+
+@pytest.mark.parametrize("path", [*DOCS, ROOT / "README.md"], ids=_id)
+def test_relative_links_resolve(path: Path) -> None:
+    """Links between the docs (and their #anchors) point at something that exists."""
+    broken = []
+    for target in LINK.findall(path.read_text()):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        missing_anchor = bool(anchor) and resolved.suffix == ".md" and resolved.exists()
+        if not resolved.exists() or (missing_anchor and anchor not in _anchors(resolved)):
+            broken.append(target)
+    assert not broken, f"{_id(path)}: broken links {broken}"
