@@ -81,7 +81,6 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEMQ_")}
         env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(ROOT)
         return env
 
     def log(self) -> str:
