@@ -60,6 +60,7 @@ def _node(args: argparse.Namespace) -> int:
         inflight_bytes_max=args.inflight_bytes_max,
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
+        http_connections_max=args.http_connections_max,
     )
     settings = NodeSettings(
         data_dir=args.data_dir,
@@ -232,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         type=float,
         help="a request body must arrive within this time (408 otherwise)",
+    )
+    add_option(
+        node,
+        "--http-connections-max",
+        default=1024,
+        type=int,
+        help="open HTTP connections across the node (503 `connections` beyond; ADR 0014)",
     )
     add_option(
         node,

@@ -8,7 +8,9 @@ DESIGN.md §3, checked before anything is appended.
 - `disk`: free space on the WAL's file system is under `disk_reserve_bytes` (sampled
   once a second off the loop by `watch_disk`);
 - `draining`: the node is shutting down; `wal_failed`: the endpoint's WAL is
-  fail-stopped (restart recovers).
+  fail-stopped (restart recovers);
+- `connections`: `http_connections_max` HTTP connections are open already (decided
+  when a connection is accepted, before anything is read; ingest/http_server.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Admission:
         metrics.inflight_bytes.set_function(lambda: self.inflight_bytes)  # read at scrape
         self.free_disk_bytes: int | None = None
         self.draining = False
+        self.http_connections = 0
+        """Open HTTP connections counted against `http_connections_max`."""
 
     def refuse_reason(self, wal: WriteAheadLog | None, nbytes: int) -> str | None:
         """Why `nbytes` more cannot be taken now, None when they can."""
@@ -56,6 +60,16 @@ class Admission:
 
     def refused(self, reason: str) -> None:
         self._metrics.rejected.labels(reason).inc()
+
+    def open_connection(self) -> bool:
+        """Count a new HTTP connection; False (not counted) when the cap is reached."""
+        if self.http_connections >= self.limits.http_connections_max:
+            return False
+        self.http_connections += 1
+        return True
+
+    def close_connection(self) -> None:
+        self.http_connections -= 1
 
     def add_inflight(self, nbytes: int) -> None:
         self.inflight_bytes += nbytes

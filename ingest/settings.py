@@ -26,6 +26,9 @@ class Limits:
     """A client must finish sending the body within this time (408 otherwise)."""
     retry_after_s: int = 1
     """The Retry-After hint of every 503."""
+    http_connections_max: int = 1024
+    """Open HTTP connections (WebSocket excluded: MQTT counts those) across the node; more
+    are answered 503 `connections` without their body being read, then closed (ADR 0014)."""
 
     def __post_init__(self) -> None:
         # Note: a request reserves its declared length (chunked: body_bytes_max) of the
@@ -33,6 +36,8 @@ class Limits:
         # body_bytes_max chunked requests are always refused (503 inflight).
         if self.record_bytes_max > self.body_bytes_max:
             raise ValueError("record_bytes_max must not exceed body_bytes_max")
+        if self.http_connections_max < 1:
+            raise ValueError("http_connections_max must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
