@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from .auth import Signer
 from .http.app import create_app
+from .secrets_store import DOWNLOAD_LINKS, shared_secret
 from .services.common import Context, ControlSettings
 from .store import open_database
 
@@ -40,7 +40,8 @@ async def open_context(
     try:
         signer = await Signer.load(db)
         if not settings.download_secret:
-            settings = replace(settings, download_secret=secrets.token_bytes(32))
+            secret = await shared_secret(db, DOWNLOAD_LINKS)
+            settings = replace(settings, download_secret=secret)
         yield Context(db=db, signer=signer, settings=settings)
     finally:
         await db.close()

@@ -170,6 +170,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX bindings_active ON bindings (endpoint_id, view_id) "
         "WHERE deactivated_at IS NULL",
     ],
+    [
+        # Secrets every replica must share (the signing key of local download links):
+        # created once under a lock by the first replica, read by the others.
+        """CREATE TABLE shared_secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            created_at BIGINT NOT NULL)""",
+    ],
 ]
 
 

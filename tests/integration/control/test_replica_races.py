@@ -15,17 +15,24 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from control.http.app import create_app
 from control.server import open_context
 from control.services import keys
 from tests.integration.control.conftest import SETTINGS, Api
-from tests.integration.control.test_observability import ago, commit, outcome
-from tests.integration.control.test_views import SMALL_DEFINITION, create_endpoint
+from tests.integration.control.test_observability import Node, ago, commit, outcome
+from tests.integration.control.test_views import (
+    SMALL_DEFINITION,
+    attach,
+    create_endpoint,
+    published_view,
+)
 
 RACERS = 8
 LAKE = {
@@ -292,3 +299,40 @@ async def test_concurrent_registration_and_heartbeats_of_one_node_all_succeed(
         assert status == 200, body
         assert body["status"] == "active", body
         assert body["dns_ipv4"] == ["127.0.0.9"], body
+
+
+async def test_a_download_link_signed_by_one_replica_works_at_the_other(
+    replicas: tuple[Api, Api], store_url: str, tmp_path: Path
+) -> None:
+    """Local-store DLQ links are signed with a secret kept in the store, so any replica
+    (and any restart) accepts a link another replica made."""
+    a, b = replicas
+    store = tmp_path / "objects"
+    status, destination = await a.call(
+        "POST",
+        "/v1/destinations",
+        json={**LAKE, "name": "local", "region": "local", "endpoint_url": f"file://{store}"},
+    )
+    assert status == 201, destination
+    endpoint = await create_endpoint(a, destination_id=destination["id"])
+    view = await published_view(a)
+    await attach(a, endpoint["id"], view["id"])
+    key = f"events/prod/dlq/user_events/v1/{endpoint['id']}-n1-1-00000001.parquet"
+    (store / LAKE["bucket"] / key).parent.mkdir(parents=True)
+    (store / LAKE["bucket"] / key).write_bytes(b"PAR1 rejected PAR1")
+    dlq_file = {"key": key, "bucket": LAKE["bucket"], "region": "local", "bytes": 18}
+    node = await Node.start(a)
+    await node.report(
+        commit(
+            endpoint["id"], 1, ago(1000), views=[outcome(view["id"], 3, 2, 0, 1, dlq_file=dlq_file)]
+        )
+    )
+    status, body = await a.call("GET", f"/v1/views/{view['id']}/dlq-files")
+    assert status == 200, body
+    link = URL(body["files"][0]["download_url"])
+    resp = await b.client.get(link.path_qs)  # made by A, fetched at B
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == b"PAR1 rejected PAR1"
+    async with open_context(store_url, SETTINGS) as restarted:
+        assert restarted.settings.download_secret == a.ctx.settings.download_secret
+        assert restarted.settings.download_secret == b.ctx.settings.download_secret
