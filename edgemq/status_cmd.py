@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .options import add_option, env_name
+from .progress import human_bytes
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -18,15 +19,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -
     for line in (headers, *rows):
         out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
         out.write("\n")
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def render_text(fleet: dict[str, Any], out: TextIO) -> None:
@@ -47,7 +39,7 @@ def render_text(fleet: dict[str, Any], out: TextIO) -> None:
                 "yes" if n["healthy"] else "no",
                 f"{n['applied_epoch']}/{epoch}",
                 "yes" if n["draining"] else "no",
-                _bytes(n["unshipped_bytes"]),
+                human_bytes(n["unshipped_bytes"]),
             )
             for n in nodes
         ],
@@ -64,7 +56,7 @@ def render_text(fleet: dict[str, Any], out: TextIO) -> None:
                 e["region"],
                 e["status"],
                 ",".join(e["dns_ipv4"]) or "-",
-                _bytes(e["unshipped_bytes"]),
+                human_bytes(e["unshipped_bytes"]),
                 "; ".join(f"{x['node_id']}: {x['error']}" for x in e["delivery_errors"]) or "-",
             )
             for e in endpoints

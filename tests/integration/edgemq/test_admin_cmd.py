@@ -79,6 +79,7 @@ async def _authenticates(database_url: str, api_key: str) -> bool:
 
 
 async def test_accounts_and_keys_are_listed_without_secrets_and_revoked(database_url: str) -> None:
+    # Writes one after another (operators do not race themselves); reads in parallel.
     acme = await admin(database_url, "create-account", "acme")
     other = await admin(database_url, "create-account", "globex")
     ingest = await admin(
@@ -89,18 +90,19 @@ async def test_accounts_and_keys_are_listed_without_secrets_and_revoked(database
     )
     await admin(database_url, "create-key", "--account", other["id"], "--scopes", "admin")
 
-    accounts = await admin(database_url, "list-accounts")
+    accounts, listed, acme_keys = await asyncio.gather(
+        admin(database_url, "list-accounts"),
+        _run(database_url, "list-keys", "--account", acme["id"]),
+        admin(database_url, "list-keys", "--account", acme["id"]),
+    )
     by_id = {a["id"]: a for a in accounts["items"]}
     assert accounts["total"] == 2
     assert (by_id[acme["id"]]["name"], by_id[acme["id"]]["active_keys"]) == ("acme", 2)
     assert by_id[acme["id"]]["tenant"] == acme["tenant"]
     assert (by_id[other["id"]]["active_keys"], by_id[other["id"]]["endpoints"]) == (1, 0)
-
-    listed = await _run(database_url, "list-keys", "--account", acme["id"])
     assert listed.returncode == 0, listed.stderr
     assert ingest["api_key"] not in listed.stdout
     assert reader["api_key"] not in listed.stdout
-    acme_keys = await admin(database_url, "list-keys", "--account", acme["id"])
     assert {k["id"] for k in acme_keys["items"]} == {ingest["id"], reader["id"]}
     assert all("api_key" not in k and k["revoked_at"] is None for k in acme_keys["items"])
     assert {k["prefix"] for k in acme_keys["items"]} == {ingest["prefix"], reader["prefix"]}
