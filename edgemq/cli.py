@@ -4,6 +4,7 @@ an `EDGEMQ_*` environment variable."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ def _segment_cat(args: argparse.Namespace) -> int:
 
     try:
         error = dump_segment(args.path, sys.stdout)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): not an error of the segment
     except OSError as err:
         print(f"edgemq segment cat: {err}", file=sys.stderr)
         return 2
@@ -329,5 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = args.func(args)
     except BrokenPipeError:
+        # `edgemq segment cat x | head`: the reader has all it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sys.exit(code)

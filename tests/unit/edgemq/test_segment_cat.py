@@ -68,3 +68,18 @@ def test_segment_cat_reports_a_missing_file(tmp_path: Path) -> None:
     result = _run(tmp_path / "nope.wal")
     assert result.returncode == 2
     assert "No such file" in result.stderr
+
+
+def test_segment_cat_into_a_closed_pipe_exits_0_quietly(tmp_path: Path) -> None:
+    """`edgemq segment cat x | head -1`: the reader leaving early is not an error."""
+    path = tmp_path / "seg-00000003.wal"
+    path.write_bytes(encode_records([b'{"n":%d}' % i for i in range(50_000)], tenant=1, ts_ms=1))
+    cat = subprocess.Popen([*CLI, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cat.stdout is not None
+    assert cat.stderr is not None
+    first = cat.stdout.readline()
+    cat.stdout.close()  # far more than a pipe buffer is still unwritten
+    assert cat.wait(timeout=60) == 0
+    assert json.loads(first)["payload"] == '{"n":0}'
+    with cat.stderr:
+        assert cat.stderr.read() == b""
