@@ -13,8 +13,6 @@ from typing import Any
 
 import msgspec
 
-from shared.apikeys import digests_equal, key_digest
-
 SNAPSHOT_FILE = "config-snapshot.json"
 
 
@@ -93,19 +91,12 @@ class Snapshot(msgspec.Struct, frozen=True):
     jwks: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint in this snapshot (a linear scan: the node's request path uses
+        `Endpoints.lookup`; tests read the applied snapshot with this)."""
         for e in self.endpoints:
             if e.id == endpoint_id:
                 return e
         return None
-
-    def key_account(self, api_key: str) -> IngestKey | None:
-        """The ingest key matching `api_key` (constant-time digest comparison)."""
-        digest = key_digest(api_key)
-        found = None
-        for k in self.ingest_keys:
-            if digests_equal(k.digest, digest):
-                found = k
-        return found
 
 
 EMPTY = Snapshot(config_epoch=0, region="")
