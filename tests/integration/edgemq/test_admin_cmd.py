@@ -22,8 +22,9 @@ from tests.support.postgres import PostgresServer, pg_bin, start_postgres
 from tests.support.processes import ROOT, admin, child_env
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer | None]:
+@pytest.fixture(scope="module", name="postgres")
+def postgres_fixture() -> Iterator[PostgresServer | None]:
+    """A PostgreSQL server for this module (test_status_cmd.py imports it too)."""
     if pg_bin() is None:
         if os.environ.get("CI"):
             raise RuntimeError("CI must run the PostgreSQL suite: install the postgresql package")

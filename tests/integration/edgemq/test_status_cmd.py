@@ -1,7 +1,8 @@
-"""`edgemq status` as an operator runs it (a subprocess) against the store of a real
-control plane with a real ingest node: the node healthy, its endpoint active with the
-node's advertised address, in agreement with the API; degraded once the node is gone
-(a 1 s heartbeat timeout keeps that quick); --region filters; the table form."""
+"""`edgemq status` as an operator runs it (a subprocess) against the store (SQLite and
+PostgreSQL) of a real control plane with a real ingest node: the node healthy, its
+endpoint active with the node's advertised address, in agreement with the API; degraded
+once the node is gone (a 1 s heartbeat timeout keeps that quick); --region filters;
+the table form."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.integration.edgemq.test_admin_cmd import postgres_fixture  # noqa: F401
+from tests.support.postgres import PostgresServer
 from tests.support.processes import ROOT, child_env
 from tests.support.stack import control_plane, node_settings, running_node, wait_for
 
@@ -39,10 +44,16 @@ async def _status(database_url: str, *args: str) -> dict[str, Any]:
     return value
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_status_shows_the_node_healthy_and_the_endpoint_active_then_degraded(
-    tmp_path: Path,
+    tmp_path: Path, store: str, postgres: PostgresServer | None
 ) -> None:
-    async with control_plane(str(tmp_path)) as cp:
+    database_url = None
+    if store == "postgresql":
+        if postgres is None:
+            pytest.skip("PostgreSQL binaries not installed (CI requires them)")
+        database_url = postgres.url(postgres.create_database())
+    async with control_plane(str(tmp_path), database_url=database_url) as cp:
         dest = await cp.local_destination(str(tmp_path / "objects"))
         endpoint = await cp.endpoint(dest["id"])
         other = await cp.endpoint(dest["id"], region="fra")  # no node serves fra
