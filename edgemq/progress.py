@@ -1,5 +1,6 @@
-"""A one-line progress bar on stderr for long reads (no dependency): segments done of
-total, bytes done of total, rate and a bar, redrawn at most every `interval_s`."""
+"""A one-line progress bar on stderr for long reads (no dependency): manifests read while
+planning, then segments done of total, bytes done of total, rate and a bar, redrawn at
+most every `interval_s`."""
 
 from __future__ import annotations
 
@@ -62,7 +63,19 @@ class Progress:
         if not force and self._drawn_at is not None and now - self._drawn_at < self.interval_s:
             return
         self._drawn_at = now
-        text = self.line()
+        self._write(self.line())
+
+    def manifests_read(self, done: int, total: int) -> None:
+        """Before the segments: how many manifests have been read."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        if done < total and self._drawn_at is not None and now - self._drawn_at < self.interval_s:
+            return
+        self._drawn_at = now
+        self._write(f"reading manifests {done}/{total}")
+
+    def _write(self, text: str) -> None:
         pad = max(0, self._width - len(text))
         self._width = len(text)
         self.stream.write("\r" + text + " " * pad)

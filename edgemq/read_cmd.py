@@ -108,7 +108,7 @@ async def read_records(
     source: Source, opts: ReadOptions, out: BinaryIO, progress: Progress
 ) -> Summary:
     summary = Summary()
-    planned = await plan(source, opts)
+    planned = await plan(source, opts, progress.manifests_read)
     progress.total_segments = len(planned)
     progress.total_bytes = sum(p.bytes for p in planned)
     with tempfile.TemporaryDirectory(prefix="edgemq-read-") as scratch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.layout import manifest_key, segment_key
@@ -118,8 +119,11 @@ async def _plan_one(source: Source, key: str, opts: ReadOptions) -> Planned | No
     )
 
 
-async def plan(source: Source, opts: ReadOptions) -> list[Planned]:
-    """The committed segments to read, ordered by (node, epoch, seq)."""
+async def plan(
+    source: Source, opts: ReadOptions, on_manifests: Callable[[int, int], None] | None = None
+) -> list[Planned]:
+    """The committed segments to read, ordered by (node, epoch, seq);
+    `on_manifests(done, total)` follows the manifest reads."""
     regions = [opts.region] if opts.region else await _regions(source, opts.endpoint_id)
     keys: list[str] = []
     for region in regions:
@@ -136,5 +140,7 @@ async def plan(source: Source, opts: ReadOptions) -> list[Planned]:
             if opts.until_ms is not None and p.first_ts_ms >= opts.until_ms:
                 continue
             planned.append(p)
+        if on_manifests is not None:
+            on_manifests(start + len(batch), len(keys))
     planned.sort(key=lambda p: (p.node_id, p.epoch, p.seq))
     return planned

@@ -184,6 +184,7 @@ async def test_read_returns_exactly_the_committed_records_across_segments(
         records = len(c.sent) + len(c.opaque)
         assert "\r[" in stderr, stderr  # the bar was drawn
         assert f"{total}/{total} segments" in stderr
+        assert f"reading manifests {total}/{total}" in stderr
         assert f"{records} records from {total} committed segments" in stderr
 
         # No bar unless asked for (stderr is not a terminal here) or with --no-progress.
