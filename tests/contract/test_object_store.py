@@ -15,11 +15,9 @@ the role's trust policy and its `sts:ExternalId` condition.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,28 +37,31 @@ from ingest.objectstore.s3 import S3Store
 from ingest.snapshot import Destination
 from shared.clock import ManualClock
 from tests.support.moto_server import (  # noqa: F401 (fixtures)
-    ACCOUNT,
     MotoServer,
     Recorded,
+    access_key_of,
+    assume_only_identity,
+    assume_role_calls,
+    create_bucket,
+    create_role,
+    iam_auth_fixture,
     moto_fixture,
     moto_server_fixture,
+    role_arn_of,
+    unique_name,
 )
 
 MIB = 1024 * 1024
 PART_BYTES = 5 * MIB  # S3's minimum part size; the test threshold is the same
 
 
-def unique(kind: str) -> str:
-    return f"edgemq-{kind}-{uuid.uuid4().hex[:12]}"
-
-
 def s3_destination(moto: MotoServer, bucket: str, **extra: Any) -> Destination:
     fields: dict[str, Any] = {
-        "id": unique("dest"),
+        "id": unique_name("dest"),
         "bucket": bucket,
         "region": "us-east-1",
-        "role_arn": f"arn:aws:iam::{ACCOUNT}:role/{unique('role')}",
-        "external_id": unique("ext"),
+        "role_arn": role_arn_of(unique_name("role")),
+        "external_id": unique_name("ext"),
         "path_style": True,
         "endpoint_url": moto.url,
         **extra,
@@ -68,24 +69,8 @@ def s3_destination(moto: MotoServer, bucket: str, **extra: Any) -> Destination:
     return Destination(**fields)
 
 
-def assume_calls(moto: MotoServer, role_arn: str) -> list[dict[str, str]]:
-    calls = []
-    for r in moto.requests():
-        if r.method == "POST" and r.body.startswith(b"Action=AssumeRole"):
-            form = r.form()
-            if form.get("RoleArn") == role_arn:
-                calls.append(form)
-    return calls
-
-
 def requests_to(moto: MotoServer, bucket: str, method: str) -> list[Recorded]:
     return [r for r in moto.requests() if r.method == method and r.path.startswith(f"/{bucket}/")]
-
-
-def access_key_of(request: Recorded) -> str:
-    auth = request.header("Authorization")
-    assert auth is not None
-    return auth.split("Credential=", 1)[1].split("/", 1)[0]
 
 
 @dataclass
@@ -123,8 +108,7 @@ def _local_backend(tmp_path: Path) -> Backend:
 
 
 def _s3_backend(moto: MotoServer) -> Backend:
-    bucket = unique("bucket")
-    moto.client("s3").create_bucket(Bucket=bucket)
+    bucket = create_bucket(moto)
     destination = s3_destination(moto, bucket)
 
     def make(bucket: str = bucket, **options: Any) -> ObjectStore:
@@ -287,7 +271,7 @@ async def test_a_missing_key_reads_as_not_found(store: ObjectStore) -> None:
 
 
 async def test_a_missing_bucket_is_a_permanent_error(backend: Backend, store: ObjectStore) -> None:
-    missing = backend.open(bucket=unique("missing"))
+    missing = backend.open(bucket=unique_name("missing"))
     with pytest.raises(PermanentStoreError) as put:
         await missing.put_bytes("k", b"x", content_type="x")
     assert put.value.code == "NoSuchBucket"
@@ -349,7 +333,7 @@ async def test_s3_assumes_the_role_with_the_external_id_and_signs_with_its_crede
     assert isinstance(store, S3Store)
     await store.put_bytes("k", b"x", content_type="x")
 
-    (assume,) = assume_calls(s3.moto, store.destination.role_arn)
+    (assume,) = assume_role_calls(s3.moto, store.destination.role_arn)
     assert assume["ExternalId"] == store.destination.external_id
     assert assume["RoleSessionName"] == "node-7"
     assert assume["DurationSeconds"] == "3600"
@@ -404,12 +388,12 @@ async def test_s3_credentials_are_refreshed_within_five_minutes_of_expiry(s3: Ba
     await store.put_bytes("k1", b"1", content_type="x")
     clock.advance(3600 - 300 - 5)  # 5 min 5 s left: still good
     await store.put_bytes("k2", b"2", content_type="x")
-    assert len(assume_calls(s3.moto, role)) == 1
+    assert len(assume_role_calls(s3.moto, role)) == 1
 
     clock.advance(10)  # 4 min 55 s left: time to refresh
     await store.put_bytes("k3", b"3", content_type="x")
     await store.put_bytes("k4", b"4", content_type="x")
-    assert len(assume_calls(s3.moto, role)) == 2
+    assert len(assume_role_calls(s3.moto, role)) == 2
     assert store.assume_count == 2
 
     signers = [access_key_of(r) for r in requests_to(s3.moto, store.bucket, "PUT")]
@@ -417,53 +401,19 @@ async def test_s3_credentials_are_refreshed_within_five_minutes_of_expiry(s3: Ba
     assert await store.list_keys("") == ["k1", "k2", "k3", "k4"]
 
 
-@pytest.fixture
-def iam_auth(moto: MotoServer) -> Iterator[MotoServer]:
-    try:
-        yield moto
-    finally:
-        moto.set_iam_auth(False)
-
-
 async def test_s3_a_trust_policy_demanding_another_external_id_refuses_the_role(
     iam_auth: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     moto = iam_auth
-    iam = moto.client("iam")
-    bucket = unique("bucket")
-    moto.client("s3").create_bucket(Bucket=bucket)
-    user = unique("node")
-    iam.create_user(UserName=user)
-    allow_assume = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
-    }
-    iam.put_user_policy(UserName=user, PolicyName="a", PolicyDocument=json.dumps(allow_assume))
-    access = iam.create_access_key(UserName=user)["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", access["SecretAccessKey"])
-
-    role = unique("role")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/{user}"},
-                "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"sts:ExternalId": "the-right-one"}},
-            }
-        ],
-    }
-    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
-    write = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
-        ],
-    }
-    iam.put_role_policy(RoleName=role, PolicyName="w", PolicyDocument=json.dumps(write))
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role}"
+    bucket = create_bucket(moto)
+    user_arn = assume_only_identity(moto, monkeypatch, "node")
+    role_arn = create_role(
+        moto,
+        principal=user_arn,
+        external_id="the-right-one",
+        actions=["s3:PutObject"],
+        resource=f"arn:aws:s3:::{bucket}/*",
+    )
 
     good = S3Store(s3_destination(moto, bucket, role_arn=role_arn, external_id="the-right-one"))
     wrong = S3Store(s3_destination(moto, bucket, role_arn=role_arn, external_id="someone-else"))

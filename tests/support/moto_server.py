@@ -9,6 +9,12 @@ the control plane's default credential chain finds them, and returns the server.
 Import both fixtures into the test module that uses them (they are not in a conftest):
 
     from tests.support.moto_server import moto_fixture, moto_server_fixture  # noqa: F401
+
+With IAM authentication on (the `iam_auth` fixture turns it off again after the test)
+moto enforces signatures, trust policies and role policies; `create_bucket`,
+`assume_only_identity` and `create_role` set up the bucket, the caller's identity and
+the destination's role for that, and `assume_role_calls` / `access_key_of` read the
+recorder back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -199,3 +206,96 @@ def moto_fixture(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Mo
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     return moto_server
+
+
+@pytest.fixture(name="iam_auth")
+def iam_auth_fixture(moto: MotoServer) -> Iterator[MotoServer]:
+    """moto checking signatures and IAM policies while the test turns it on
+    (`set_iam_auth(True)`); off again afterwards whatever happened."""
+    try:
+        yield moto
+    finally:
+        moto.set_iam_auth(False)
+
+
+# ------------------------------------------------------- buckets, identities, roles
+def unique_name(kind: str) -> str:
+    """A fresh name (the server, and so its buckets and roles, outlives each test)."""
+    return f"edgemq-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def role_arn_of(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/{name}"
+
+
+def create_bucket(moto: MotoServer, name: str | None = None, *, versioned: bool = False) -> str:
+    """A new bucket (blocking boto3 calls); its name."""
+    name = name or unique_name("bucket")
+    s3 = moto.client("s3")
+    s3.create_bucket(Bucket=name)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def _policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def assume_only_identity(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, kind: str) -> str:
+    """An IAM user that may assume roles and do nothing else, whose access key becomes
+    the base credentials of the code under test (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY): with IAM authentication on, every S3 call it makes must go
+    through an assumed role. Blocking; returns the user's ARN (a trust principal)."""
+    iam = moto.client("iam")
+    user = unique_name(kind)
+    iam.create_user(UserName=user)
+    assume = {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
+    iam.put_user_policy(UserName=user, PolicyName="assume", PolicyDocument=_policy(assume))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    return f"arn:aws:iam::{ACCOUNT}:user/{user}"
+
+
+def create_role(
+    moto: MotoServer,
+    *,
+    principal: str,
+    external_id: str,
+    actions: list[str],
+    resource: str,
+    name: str | None = None,
+) -> str:
+    """A role `principal` may assume only with `external_id` (the trust policy's
+    `sts:ExternalId` condition), allowed `actions` on `resource`. Blocking; its ARN."""
+    iam = moto.client("iam")
+    name = name or unique_name("role")
+    trust = {
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+    }
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=_policy(trust))
+    allow = {"Effect": "Allow", "Action": actions, "Resource": resource}
+    iam.put_role_policy(RoleName=name, PolicyName="edgemq", PolicyDocument=_policy(allow))
+    return role_arn_of(name)
+
+
+def assume_role_calls(moto: MotoServer, role_arn: str) -> list[dict[str, str]]:
+    """The AssumeRole calls moto received for `role_arn`, as forms (RoleArn, ExternalId…)."""
+    calls = []
+    for r in moto.requests():
+        if r.method == "POST" and r.body.startswith(b"Action=AssumeRole"):
+            form = r.form()
+            if form.get("RoleArn") == role_arn:
+                calls.append(form)
+    return calls
+
+
+def access_key_of(request: Recorded) -> str:
+    """The access key id a SigV4-signed request was signed with."""
+    auth = request.header("Authorization")
+    assert auth is not None
+    return auth.split("Credential=", 1)[1].split("/", 1)[0]

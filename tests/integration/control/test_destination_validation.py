@@ -19,10 +19,8 @@ What moto checks (moto 5.2.5), and so what these tests can prove:
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -31,35 +29,29 @@ import pytest
 from control.services.presign import presign_get
 from tests.integration.control.conftest import Api
 from tests.support.moto_server import (  # noqa: F401 (fixtures)
-    ACCOUNT,
     BASE_KEY_ID,
     MotoServer,
     Recorded,
+    access_key_of,
+    assume_only_identity,
+    assume_role_calls,
+    create_bucket,
+    create_role,
+    iam_auth_fixture,
     moto_fixture,
     moto_server_fixture,
+    role_arn_of,
+    unique_name,
 )
 
 
-def _name(kind: str) -> str:
-    return f"edgemq-{kind}-{uuid.uuid4().hex[:12]}"
-
-
-def _bucket(moto: MotoServer, *, versioned: bool = False) -> str:
-    name = _name("bucket")
-    s3 = moto.client("s3")
-    s3.create_bucket(Bucket=name)
-    if versioned:
-        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return name
-
-
-def _role_arn(name: str | None = None) -> str:
-    return f"arn:aws:iam::{ACCOUNT}:role/{name or _name('role')}"
+def _role_arn() -> str:
+    return role_arn_of(unique_name("role"))
 
 
 async def _destination(api: Api, moto: MotoServer, bucket: str, **extra: Any) -> dict[str, Any]:
     body = {
-        "name": _name("dest"),
+        "name": unique_name("dest"),
         "bucket": bucket,
         "prefix": "/raw//events/",
         "region": "us-east-1",
@@ -98,21 +90,6 @@ def _puts_to(moto: MotoServer, bucket: str, method: str = "PUT") -> list[Recorde
     ]
 
 
-def _assume_calls(moto: MotoServer, role_arn: str) -> list[dict[str, str]]:
-    out = []
-    for r in moto.requests():
-        if r.method == "POST" and r.body.startswith(b"Action=AssumeRole"):
-            form = r.form()
-            if form.get("RoleArn") == role_arn:
-                out.append(form)
-    return out
-
-
-def _credential(auth: str | None) -> str:
-    assert auth is not None
-    return auth.split("Credential=", 1)[1].split("/", 1)[0]
-
-
 def _objects(moto: MotoServer, bucket: str) -> list[str]:
     listing = moto.client("s3").list_objects_v2(Bucket=bucket)
     return [o["Key"] for o in listing.get("Contents", [])]
@@ -121,7 +98,7 @@ def _objects(moto: MotoServer, bucket: str) -> list[str]:
 async def test_validation_assumes_the_role_and_puts_then_deletes_a_test_object(
     api: Api, moto: MotoServer
 ) -> None:
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     moto.client("s3").put_object(Bucket=bucket, Key="raw/events/existing.parquet", Body=b"x")
     dest = await _destination(api, moto, bucket)
 
@@ -142,7 +119,7 @@ async def test_validation_assumes_the_role_and_puts_then_deletes_a_test_object(
 
     # On the wire: AssumeRole with the account's external id, then PUT + DELETE of the
     # same key under the prefix, signed with the session credentials (not the base key).
-    (assume,) = _assume_calls(moto, dest["role_arn"])
+    (assume,) = assume_role_calls(moto, dest["role_arn"])
     assert assume["ExternalId"] == dest["external_id"]
     assert assume["RoleSessionName"] == "edgemq-validation"
     (put,) = _puts_to(moto, bucket)
@@ -153,18 +130,18 @@ async def test_validation_assumes_the_role_and_puts_then_deletes_a_test_object(
     assert put.header("x-amz-server-side-encryption-aws-kms-key-id") is None
     for request in (put, delete):
         assert request.header("X-Amz-Security-Token")
-        assert _credential(request.header("Authorization")) != BASE_KEY_ID
+        assert access_key_of(request) != BASE_KEY_ID
 
 
 async def test_a_missing_bucket_makes_the_destination_invalid(api: Api, moto: MotoServer) -> None:
-    dest = await _destination(api, moto, _name("missing"))
+    dest = await _destination(api, moto, unique_name("missing"))
     done = await _validate(api, dest["id"])
     assert done["status"] == "invalid"
     assert done["validated_at"] is None
     assert done["last_error"].startswith("NoSuchBucket")
 
     # Fixing the bucket is a critical change: back to pending, error cleared.
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     status, patched = await api.call(
         "PATCH", f"/v1/destinations/{dest['id']}", json={"bucket": bucket}
     )
@@ -177,7 +154,7 @@ async def test_a_missing_bucket_makes_the_destination_invalid(api: Api, moto: Mo
 
 async def test_sse_kms_puts_the_test_object_with_the_key(api: Api, moto: MotoServer) -> None:
     key_arn = moto.client("kms").create_key(Description="edgemq test")["KeyMetadata"]["Arn"]
-    bucket = _bucket(moto, versioned=True)
+    bucket = create_bucket(moto, versioned=True)
     dest = await _destination(api, moto, bucket, kms_key_arn=key_arn)
     assert dest["kms_key_arn"] == key_arn
 
@@ -204,44 +181,20 @@ async def test_sse_kms_puts_the_test_object_with_the_key(api: Api, moto: MotoSer
 async def test_a_garbage_role_arn_is_invalid(api: Api, moto: MotoServer) -> None:
     # botocore refuses a RoleArn shorter than 20 characters before sending anything
     # (moto itself would accept any string, see the module docstring).
-    dest = await _destination(api, moto, _bucket(moto), role_arn="not-a-role")
+    dest = await _destination(api, moto, create_bucket(moto), role_arn="not-a-role")
     done = await _validate(api, dest["id"])
     assert done["status"] == "invalid"
     assert done["last_error"].startswith("ParamValidationError")
     assert "RoleArn" in done["last_error"]
 
 
-@pytest.fixture
-def iam_auth(moto: MotoServer) -> Iterator[MotoServer]:
-    """moto with IAM authentication on for the test body (off again afterwards)."""
-    try:
-        yield moto
-    finally:
-        moto.set_iam_auth(False)
-
-
 async def test_the_role_is_assumed_with_the_accounts_external_id(
     api: Api, iam_auth: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     moto = iam_auth
-    iam = moto.client("iam")
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     # The control plane's own identity: may assume roles, has no S3 permissions at all.
-    user = _name("control")
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="assume",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    user_arn = assume_only_identity(moto, monkeypatch, "control")
 
     status, probe = await api.call(
         "POST",
@@ -257,36 +210,10 @@ async def test_the_role_is_assumed_with_the_accounts_external_id(
     external_id = probe["external_id"]
 
     def role(external: str, actions: list[str]) -> str:
-        name = _name("role")
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/{user}"},
-                    "Action": "sts:AssumeRole",
-                    "Condition": {"StringEquals": {"sts:ExternalId": external}},
-                }
-            ],
-        }
-        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-        iam.put_role_policy(
-            RoleName=name,
-            PolicyName="s3",
-            PolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": actions,
-                            "Resource": f"arn:aws:s3:::{bucket}/raw/events/*",
-                        }
-                    ],
-                }
-            ),
+        resource = f"arn:aws:s3:::{bucket}/raw/events/*"
+        return create_role(
+            moto, principal=user_arn, external_id=external, actions=actions, resource=resource
         )
-        return _role_arn(name)
 
     writer = role(external_id, ["s3:PutObject", "s3:DeleteObject"])
     other_tenant = role("someone-elses-external-id", ["s3:PutObject", "s3:DeleteObject"])
@@ -313,13 +240,13 @@ async def test_the_role_is_assumed_with_the_accounts_external_id(
 async def test_a_critical_patch_after_validation_resets_to_pending(
     api: Api, moto: MotoServer
 ) -> None:
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     dest = await _destination(api, moto, bucket)
     assert (await _validate(api, dest["id"]))["status"] == "valid"
     path = f"/v1/destinations/{dest['id']}"
 
     # Not critical, or critical but unchanged: stays valid.
-    for body in ({"name": _name("renamed")}, {"path_style": True, "bucket": bucket}):
+    for body in ({"name": unique_name("renamed")}, {"path_style": True, "bucket": bucket}):
         status, same = await api.call("PATCH", path, json=body)
         assert status == 200, same
         assert same["status"] == "valid"
@@ -343,7 +270,7 @@ async def test_a_critical_patch_after_validation_resets_to_pending(
 
 
 async def test_validation_is_throttled_to_one_per_30_s(api: Api, moto: MotoServer) -> None:
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     dest = await _destination(api, moto, bucket)
     path = f"/v1/destinations/{dest['id']}/validate"
     assert (await _validate(api, dest["id"]))["status"] == "valid"
@@ -366,7 +293,7 @@ async def test_validation_is_throttled_to_one_per_30_s(api: Api, moto: MotoServe
 
 
 async def test_presigned_get_downloads_the_object(api: Api, moto: MotoServer) -> None:
-    bucket = _bucket(moto)
+    bucket = create_bucket(moto)
     dest = await _destination(api, moto, bucket)
     key = "raw/events/dlq/node-1/000042.parquet"
     payload = uuid.uuid4().bytes * 64
@@ -389,7 +316,7 @@ async def test_presigned_get_downloads_the_object(api: Api, moto: MotoServer) ->
     assert query["X-Amz-Expires"] == ["3600"]
     assert query["X-Amz-Security-Token"]  # signed with the assumed role's session
     assert not query["X-Amz-Credential"][0].startswith(BASE_KEY_ID)
-    (assume,) = _assume_calls(moto, dest["role_arn"])
+    (assume,) = assume_role_calls(moto, dest["role_arn"])
     assert (assume["ExternalId"], assume["RoleSessionName"]) == (
         dest["external_id"],
         "edgemq-download",

@@ -16,8 +16,7 @@ import json
 import os
 import random
 import urllib.parse
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,14 @@ from tests.support.ledger import (
 from tests.support.moto_server import (  # noqa: F401 (fixtures)
     ACCOUNT,
     MotoServer,
+    assume_only_identity,
+    create_bucket,
+    create_role,
+    iam_auth_fixture,
     moto_fixture,
     moto_server_fixture,
+    role_arn_of,
+    unique_name,
 )
 from tests.support.stack import (
     SEGMENT_BYTES_MIN,
@@ -66,10 +71,6 @@ VIEW = {
 }
 
 
-def _name(kind: str) -> str:
-    return f"edgemq-{kind}-{uuid.uuid4().hex[:12]}"
-
-
 @dataclass
 class Lake:
     bucket: str
@@ -81,22 +82,6 @@ class Lake:
 async def _aws(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """A synchronous boto3 call off the loop (the control plane runs on it)."""
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def _trust(principal: str, external_id: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"AWS": principal},
-                    "Action": "sts:AssumeRole",
-                    "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
-                }
-            ],
-        }
-    )
 
 
 async def _lake(
@@ -111,16 +96,14 @@ async def _lake(
 ) -> Lake:
     """A bucket, a role trusting `principal` with the account's external id, a validated
     destination, an endpoint and (with `views`) a published view bound to it."""
-    bucket = bucket or _name("bucket")
-    s3, iam = moto.client("s3"), moto.client("iam")
-    await _aws(s3.create_bucket, Bucket=bucket)
-    role = _name("role")
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role}"
+    bucket = await _aws(create_bucket, moto, bucket)
+    role = unique_name("role")
+    role_arn = role_arn_of(role)
     dest = await cp.call(
         "POST",
         "/v1/destinations",
         {
-            "name": _name("dest"),
+            "name": unique_name("dest"),
             "bucket": bucket,
             "prefix": PREFIX,
             "region": "us-east-1",
@@ -133,24 +116,13 @@ async def _lake(
     external_id = (await cp.call("GET", f"/v1/destinations/{dest['id']}"))["external_id"]
     assert external_id
     await _aws(
-        iam.create_role, RoleName=role, AssumeRolePolicyDocument=_trust(principal, external_id)
-    )
-    await _aws(
-        iam.put_role_policy,
-        RoleName=role,
-        PolicyName="edgemq-writes",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:PutObject", "s3:DeleteObject", "s3:GetObject"],
-                        "Resource": f"arn:aws:s3:::{bucket}/{PREFIX}/*",
-                    }
-                ],
-            }
-        ),
+        create_role,
+        moto,
+        name=role,
+        principal=principal,
+        external_id=external_id,
+        actions=["s3:PutObject", "s3:DeleteObject", "s3:GetObject"],
+        resource=f"arn:aws:s3:::{bucket}/{PREFIX}/*",
     )
     validated = await cp.call("POST", f"/v1/destinations/{dest['id']}/validate")
     assert (validated["status"], validated["last_error"]) == ("valid", None), validated
@@ -158,7 +130,7 @@ async def _lake(
     endpoint = await cp.endpoint(dest["id"], output_formats=formats, segment_bytes=segment_bytes)
     view = None
     if views:
-        view = await cp.published_view(_name("view").replace("-", "_"), VIEW)
+        view = await cp.published_view(unique_name("view").replace("-", "_"), VIEW)
         await cp.bind(endpoint["id"], view["id"])
     return Lake(bucket, {**dest, "external_id": external_id}, endpoint, view)
 
@@ -284,44 +256,17 @@ def _put_to(bucket: str, marker: str) -> Any:
     return when
 
 
-@pytest.fixture
-def iam_auth(moto: MotoServer) -> Iterator[MotoServer]:
-    """moto checking signatures and IAM policies while the test turns it on."""
-    try:
-        yield moto
-    finally:
-        moto.set_iam_auth(False)
-
-
 # --------------------------------------------------------------------- happy path
 async def test_records_land_in_s3_under_the_assumed_role_with_views_dlq_and_manifests(
     tmp_path: Path, iam_auth: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     moto = iam_auth
-    iam = moto.client("iam")
     # The node's (and control plane's) own identity may assume roles and nothing else:
     # every S3 write below must go through the destination's role.
-    user = _name("node")
-    await _aws(iam.create_user, UserName=user)
-    await _aws(
-        iam.put_user_policy,
-        UserName=user,
-        PolicyName="assume",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
-            }
-        ),
-    )
-    key = (await _aws(iam.create_access_key, UserName=user))["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    user_arn = await _aws(assume_only_identity, moto, monkeypatch, "node")
     ledger = Ledger()
     async with control_plane(str(tmp_path)) as cp:
-        lake = await _lake(
-            cp, moto, endpoint_url=moto.url, principal=f"arn:aws:iam::{ACCOUNT}:user/{user}"
-        )
+        lake = await _lake(cp, moto, endpoint_url=moto.url, principal=user_arn)
         assert lake.view is not None
         endpoint_id = lake.endpoint["id"]
         moto.set_iam_auth(True)
@@ -380,7 +325,8 @@ async def test_records_land_in_s3_under_the_assumed_role_with_views_dlq_and_mani
         ]
         assert puts
         assert all(r.header("X-Amz-Security-Token") for r in puts)
-        assert all(key["AccessKeyId"] not in (r.header("Authorization") or "") for r in puts)
+        base_key = os.environ["AWS_ACCESS_KEY_ID"]  # the user's (assume_only_identity)
+        assert all(base_key not in (r.header("Authorization") or "") for r in puts)
 
         # Every object under the prefix is a manifest or named by one (and, per the
         # reconciliation, exists with the manifest's size and sha256).
