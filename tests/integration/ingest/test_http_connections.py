@@ -73,13 +73,17 @@ async def settled(stack: Stack, count: int) -> None:
     await wait_for(lambda: open_count(stack) == count, what=f"{count} open HTTP connections")
 
 
-def refused_total(stack: Stack) -> float:
-    text = stack.node.metrics.render().decode()
-    for family in text_string_to_metric_families(text):
+def refused_connections(metrics_text: str) -> float:
+    """edgemq_ingest_rejected_total{reason="connections"} in a /metrics text (0 if absent)."""
+    for family in text_string_to_metric_families(metrics_text):
         for s in family.samples:
             if s.name == "edgemq_ingest_rejected_total" and s.labels == {"reason": "connections"}:
                 return float(s.value)
     return 0.0
+
+
+def refused_total(stack: Stack) -> float:
+    return refused_connections(stack.node.metrics.render().decode())
 
 
 async def post_to(
@@ -99,6 +103,16 @@ async def post(
     session: aiohttp.ClientSession, stack: Stack, n: int
 ) -> tuple[int, str, dict[str, Any]]:
     return await post_to(session, stack.ingest_url(), stack.cp.api_key, n)
+
+
+async def new_clients_post(url: str, api_key: str, n: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """`n` new clients POST one record each, all at once; their answers."""
+    clients = [aiohttp.ClientSession() for _ in range(n)]
+    try:
+        return await asyncio.gather(*(post_to(c, url, api_key, i) for i, c in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -164,14 +178,7 @@ async def test_connections_over_the_cap_get_503_connections_and_the_admitted_one
     before = refused_total(stack)
     async with held_sessions(stack, CAP) as held:
         # Real clients over the cap: 503, Retry-After, the JSON shape of every 503.
-        extras = [aiohttp.ClientSession() for _ in range(EXTRA)]
-        try:
-            answers = await asyncio.gather(
-                *(post(s, stack, 1000 + i) for i, s in enumerate(extras))
-            )
-        finally:
-            for session in extras:
-                await session.close()
+        answers = await new_clients_post(stack.ingest_url(), stack.cp.api_key, EXTRA)
         for status, retry_after, body in answers:
             assert status == 503, body
             assert retry_after == str(LIMITS.retry_after_s)
@@ -280,14 +287,7 @@ async def test_the_node_process_caps_its_connections_from_the_environment(
         async with aiohttp.ClientSession() as session:
             await node.wait_ready(session)
         async with keep_alive_clients(url, key, CAP) as held:
-            extras = [aiohttp.ClientSession() for _ in range(EXTRA)]
-            try:
-                answers = await asyncio.gather(
-                    *(post_to(s, url, key, 100 + i) for i, s in enumerate(extras))
-                )
-            finally:
-                for session in extras:
-                    await session.close()
+            answers = await new_clients_post(url, key, EXTRA)
             assert [(a[0], a[1], a[2]["error"]["reason"]) for a in answers] == [
                 (503, str(LIMITS.retry_after_s), "connections")
             ] * EXTRA, answers
@@ -302,13 +302,7 @@ async def test_the_node_process_caps_its_connections_from_the_environment(
                     return await r.text() if r.status == 200 else None
 
             text = await wait_for(scraped, what="/metrics once the clients are gone")
-        refused = [
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "edgemq_ingest_rejected_total" and s.labels == {"reason": "connections"}
-        ]
-        assert refused == [EXTRA], refused
+        assert refused_connections(text) == EXTRA, text
         assert await node.terminate() == 0, node.log_tail()
     finally:
         await node.close()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -150,13 +152,6 @@ async def _reconcile(
     return result
 
 
-def _node(cp: ControlPlane, tmp_path: Path) -> NodeChild:
-    """`edgemq node` as a child process (not started) on `tmp_path / "node"`."""
-    return NodeChild(
-        data_dir=tmp_path / "node", control_url=cp.url, node_key=cp.node_key, http_port=free_port()
-    )
-
-
 async def _start_stream(
     node: NodeChild, session: aiohttp.ClientSession, endpoint_id: str, api_key: str
 ) -> Stream:
@@ -168,6 +163,28 @@ async def _start_stream(
     return Stream(node, writers, stop, tasks)
 
 
+@asynccontextmanager
+async def _streaming(
+    cp: ControlPlane, tmp_path: Path, session: aiohttp.ClientSession, endpoint_id: str
+) -> AsyncIterator[Stream]:
+    """`edgemq node` (a child process on `tmp_path / "node"`) started and ready, with the
+    writers posting to it; afterwards the writers are stopped and the node is gone,
+    whatever happened."""
+    node = NodeChild(
+        data_dir=tmp_path / "node", control_url=cp.url, node_key=cp.node_key, http_port=free_port()
+    )
+    stream: Stream | None = None
+    try:
+        node.start()
+        await node.wait_ready(session)
+        stream = await _start_stream(node, session, endpoint_id, cp.api_key)
+        yield stream
+    finally:
+        if stream is not None:
+            await stream.finish()
+        await node.close()
+
+
 async def test_a_node_killed_at_random_instants_mid_stream_loses_no_acknowledged_record(
     tmp_path: Path,
 ) -> None:
@@ -175,12 +192,8 @@ async def test_a_node_killed_at_random_instants_mid_stream_loses_no_acknowledged
     out = tmp_path / "objects"
     async with control_plane(str(tmp_path)) as cp, aiohttp.ClientSession() as session:
         endpoint = await _setup(cp, out)
-        node = _node(cp, tmp_path)
-        stream: Stream | None = None
-        try:
-            node.start()
-            await node.wait_ready(session)
-            stream = await _start_stream(node, session, endpoint["id"], cp.api_key)
+        async with _streaming(cp, tmp_path, session, endpoint["id"]) as stream:
+            node = stream.node
             kills = []
             for _ in range(KILL_CYCLES):
                 await stream.more_acked(10)
@@ -194,10 +207,6 @@ async def test_a_node_killed_at_random_instants_mid_stream_loses_no_acknowledged
             await stream.finish()
             await _drained(node.data_dir, endpoint["id"], node=node)
             assert await node.terminate() == 0, node.log_tail()
-        finally:
-            if stream is not None:
-                await stream.finish()
-            await node.close()
         ledger = stream.writers[0].ledger
         result = await _reconcile(ledger, cp, out, endpoint["id"])
         print(f"kills after {kills} s; {result.ok} acked records across {KILL_CYCLES} cycles")
@@ -210,19 +219,11 @@ async def test_sigterm_mid_stream_drains_everything_and_exits_zero(tmp_path: Pat
     out = tmp_path / "objects"
     async with control_plane(str(tmp_path)) as cp, aiohttp.ClientSession() as session:
         endpoint = await _setup(cp, out)
-        node = _node(cp, tmp_path)
-        stream: Stream | None = None
-        try:
-            node.start()
-            await node.wait_ready(session)
-            stream = await _start_stream(node, session, endpoint["id"], cp.api_key)
+        async with _streaming(cp, tmp_path, session, endpoint["id"]) as stream:
+            node = stream.node
             await stream.more_acked(30)
             code = await node.terminate(timeout_s=60)  # the writers keep sending meanwhile
             await stream.finish()
-        finally:
-            if stream is not None:
-                await stream.finish()
-            await node.close()
         assert code == 0, node.log_tail()
         assert await asyncio.to_thread(_leftovers, node.data_dir, endpoint["id"]) == []
         result = await _reconcile(stream.writers[0].ledger, cp, out, endpoint["id"])
