@@ -100,6 +100,8 @@ class Publisher:
         self.held: _Entry | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._retry_s = RETRY_FIRST_S
+        self.fast_topic = b""  # fastpath.py: the last valid topic field taken, its CRC
+        self.fast_topic_crc = 0
         self.reset_batch()
 
     def reset_batch(self) -> None:

@@ -41,6 +41,7 @@ from .codec import (
     ProtocolError,
     decode_varint,
 )
+from .fastpath import take_publishes
 from .packets import (
     AUTH,
     CONNECT,
@@ -104,6 +105,8 @@ class Link(Protocol):
 
 
 class MqttSession(asyncio.Protocol):
+    fast_publish = True  # common PUBLISHes through fastpath.py (False: Publisher.publish)
+
     def __init__(self, listener: MqttListener, kind: str, label: str | None = None) -> None:
         self.listener = listener
         self.kind = kind  # tcp | tls | ws (metric label)
@@ -198,10 +201,17 @@ class MqttSession(asyncio.Protocol):
         pos, n, need = 0, len(data), 0
         max_packet = self.listener.settings.max_packet_bytes
         publisher, publishes = self.publisher, 0
+        fast = self.fast_publish
         try:
             while pos < n:
                 if self.state != OPEN and self.state != NEW:
                     break
+                if fast and publisher is not None:
+                    pos, taken = take_publishes(publisher, data, pos, max_packet)
+                    if taken:
+                        publishes += taken
+                        if pos >= n:
+                            break
                 if n - pos < 2:
                     need = 2
                     break
