@@ -4,7 +4,9 @@ Reading: `data_received` parses every whole packet in the bytes it has — no ta
 packet, no awaits. A partial packet waits in `_chunks` until its declared length has
 arrived (a slow sender costs linear time, never a re-parse per byte). PUBLISH goes to
 the connection's `Publisher` (publisher.py: one WAL append per read, acks after fsync
-in arrival order); control packets are answered here.
+in arrival order): runs of common QoS 0/1 PUBLISHes through the fused loop of
+fastpath.py, every other one through `Publisher.publish`, which builds the same frames
+and acks. Control packets are answered here.
 
 Reading is paused (never dropped) while any of these holds:
 - HELD: the publisher holds a batch the node could not take yet (it retries);
