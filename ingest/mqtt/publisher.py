@@ -2,8 +2,10 @@
 
 Every PUBLISH of one read becomes one FMT 1 frame (the wire's `u16 length | topic` is
 the frame payload's prefix, the message follows) and all frames of the read go to the
-endpoint's WAL in ONE `append_encoded`. The acks of that read (PUBACK, PUBREC, PUBCOMP)
-wait in a FIFO entry beside the append's future. When a future resolves — after the
+endpoint's WAL in ONE `append_encoded`. (Common QoS 0/1 PUBLISHes are added to the
+same batch by fastpath.py's fused loop instead of `publish`: the same bytes, ADR 0015.)
+The acks of that read (PUBACK, PUBREC, PUBCOMP) wait in a FIFO entry beside the
+append's future. When a future resolves — after the
 fsync covering it — the FIFO is flushed from its head while heads are done, all their
 acks in ONE write: PUBACK/PUBREC leave in arrival order and only after fsync. A failed
 append (WAL failed or closed) ends the connection, since later acks may not overtake it.
