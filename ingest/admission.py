@@ -38,6 +38,7 @@ class Admission:
         self._metrics = metrics
         self.inflight_bytes = 0
         metrics.inflight_bytes.set_function(lambda: self.inflight_bytes)  # read at scrape
+        metrics.http_connections.set_function(lambda: self.http_connections)
         self.free_disk_bytes: int | None = None
         self.draining = False
         self.http_connections = 0

@@ -73,6 +73,11 @@ class NodeMetrics:
         self.inflight_bytes = Gauge(
             "edgemq_ingest_inflight_bytes", "Bytes appended, not yet fsynced", registry=r
         )
+        self.http_connections = Gauge(
+            "edgemq_http_connections",
+            "Open HTTP connections counted against --http-connections-max",
+            registry=r,
+        )
         self.open_segment_bytes = Gauge(
             "edgemq_wal_open_segment_bytes", "Bytes in the open segment", ["endpoint"], registry=r
         )

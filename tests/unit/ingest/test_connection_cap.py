@@ -25,6 +25,15 @@ def test_connections_are_admitted_up_to_the_cap_and_again_after_closes() -> None
     assert a.http_connections == 3
 
 
+def test_open_connections_are_a_gauge_read_at_scrape() -> None:
+    metrics = NodeMetrics()
+    a = Admission(Limits(http_connections_max=4), metrics)
+    for _ in range(3):
+        a.open_connection()
+    a.close_connection()
+    assert metrics.registry.get_sample_value("edgemq_http_connections") == 2
+
+
 def test_the_cap_must_allow_a_connection() -> None:
     with pytest.raises(ValueError, match="http_connections_max"):
         Limits(http_connections_max=0)
