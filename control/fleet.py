@@ -18,7 +18,7 @@ from typing import Any
 
 from .server import open_context
 from .services.common import Context, ControlSettings, fmt_ts, now_ms
-from .services.endpoints import regions_health, render
+from .services.endpoints import node_healthy, regions_health, render
 
 _ENDPOINTS = (
     "SELECT e.id, e.account_id, a.name AS account_name, e.region, e.destination_id, "
@@ -29,11 +29,6 @@ _ENDPOINTS = (
     "LEFT JOIN destinations d ON d.id = e.destination_id "
     "WHERE e.deleted_at IS NULL"
 )
-
-
-def node_healthy(row: dict[str, Any], horizon_ms: int) -> bool:
-    """The per-node form of the rule `regions_health` applies to a region's nodes."""
-    return int(row["last_heartbeat_at"]) >= horizon_ms and not row["draining"]
 
 
 async def fleet(ctx: Context, region: str | None = None) -> dict[str, Any]:

@@ -39,9 +39,18 @@ def _control(args: argparse.Namespace) -> int:
     from control.server import serve
     from control.services.common import ControlSettings
 
+    if not 0 < args.node_heartbeat_interval_s < args.node_heartbeat_timeout_s:
+        print(
+            "edgemq control: --node-heartbeat-timeout-s must exceed "
+            "--node-heartbeat-interval-s (both > 0)",
+            file=sys.stderr,
+        )
+        return 2
     settings = ControlSettings(
         segment_bytes_min=args.segment_bytes_min,
         public_url=args.public_url or f"http://{args.host}:{args.port}",
+        node_heartbeat_interval_s=args.node_heartbeat_interval_s,
+        node_heartbeat_timeout_s=args.node_heartbeat_timeout_s,
     )
     asyncio.run(serve(args.database_url, args.host, args.port, settings))
     return 0
@@ -164,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url",
         default="",
         help="URL clients reach this API at (download links); default http://HOST:PORT",
+    )
+    add_option(
+        control,
+        "--node-heartbeat-interval-s",
+        default=5.0,
+        type=float,
+        help="how often nodes heartbeat (told to them when they register)",
+    )
+    add_option(
+        control,
+        "--node-heartbeat-timeout-s",
+        default=30.0,
+        type=float,
+        help="a node silent this long is unhealthy: it leaves dns_ipv4, its region may turn "
+        "degraded (give `edgemq status --heartbeat-timeout-s` the same value)",
     )
     control.set_defaults(func=_control)
 

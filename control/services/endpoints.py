@@ -62,6 +62,11 @@ class RegionHealth:
     failing: frozenset[str]  # endpoint ids with a delivery error on a healthy node
 
 
+def node_healthy(row: dict[str, Any], horizon_ms: int) -> bool:
+    """A node is healthy when it heartbeated since `horizon_ms` and is not draining."""
+    return int(row["last_heartbeat_at"]) >= horizon_ms and not row["draining"]
+
+
 async def regions_health(ctx: Context, db: Executor, regions: set[str]) -> dict[str, RegionHealth]:
     """Node health of several regions in two queries (not two per region)."""
     if not regions:
@@ -73,7 +78,7 @@ async def regions_health(ctx: Context, db: Executor, regions: set[str]) -> dict[
         f"WHERE region IN ({marks})",
         sorted(regions),
     )
-    healthy = [r for r in rows if r["last_heartbeat_at"] >= horizon and not r["draining"]]
+    healthy = [r for r in rows if node_healthy(r, horizon)]
     failing: dict[str, set[str]] = {}
     if healthy:
         node_marks = ",".join("?" for _ in healthy)
