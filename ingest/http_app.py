@@ -28,7 +28,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from wal import WalClosed, WalFailed, WalFull
 
 from .auth import AuthError
-from .body import BodyError, content_kind, decode_content, split_records
+from .body import BodyError, FramedRecords, content_kind, decode_content, frame_records
 from .mqtt.websocket import websocket_handler
 
 if TYPE_CHECKING:
@@ -136,16 +136,19 @@ async def ingest(request: web.Request) -> web.Response:
             )
         encoding = request.headers.get("Content-Encoding")
 
-        def parse() -> list[bytes]:
-            return split_records(
-                decode_content(data, encoding, node.body_limits), kind, node.body_limits
-            )
+        # The frames are built with the records (one pass, ingest.body.frame_records),
+        # stamped with the time the body was parsed.
+        tenant, ts_ms = endpoint.tenant, node.clock.time_ms()
+
+        def parse() -> FramedRecords:
+            body = decode_content(data, encoding, node.body_limits)
+            return frame_records(body, kind, node.body_limits, tenant=tenant, ts_ms=ts_ms)
 
         try:
-            records = await asyncio.to_thread(parse) if len(data) > OFFLOAD_BODY_BYTES else parse()
+            framed = await asyncio.to_thread(parse) if len(data) > OFFLOAD_BODY_BYTES else parse()
         except BodyError as err:
             return web.json_response(err.to_json(), status=err.status)
-        nbytes = sum(map(len, records))
+        nbytes = framed.nbytes
         if runtime is None:
             if admission.draining:
                 return _refuse(node, "draining")
@@ -159,7 +162,7 @@ async def ingest(request: web.Request) -> web.Response:
         return _refuse(node, reason)
     started = time.perf_counter()
     try:
-        future = wal.append(records, tenant=endpoint.tenant)
+        future = wal.append_encoded(framed.frames, framed.records)
     except WalFull:
         return _refuse(node, "wal_full")
     except WalFailed:
@@ -184,9 +187,11 @@ async def ingest(request: web.Request) -> web.Response:
         return _refuse(node, "wal_failed")
     except WalClosed:
         return _refuse(node, "draining")
-    node.metrics.ingested(endpoint.id, "http", len(records), nbytes, time.perf_counter() - started)
+    node.metrics.ingested(
+        endpoint.id, "http", framed.records, nbytes, time.perf_counter() - started
+    )
     return web.json_response(
-        {"accepted": len(records), "bytes": nbytes, "segment_seq": ack.seq, "epoch": ack.epoch}
+        {"accepted": framed.records, "bytes": nbytes, "segment_seq": ack.seq, "epoch": ack.epoch}
     )
 
 
