@@ -201,13 +201,16 @@ async def migrate(db: Any) -> int:
         if row is not None:
             continue
         async with db.transaction() as tx:
+            # Another process may have applied it between the check and this
+            # transaction: look again under the lock (SQLite's BEGIN IMMEDIATE holds the
+            # write lock already; PostgreSQL locks the table).
             if db.dialect == "postgresql":
                 await tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
-                again = await tx.fetchone(
-                    "SELECT version FROM schema_migrations WHERE version = ?", (version,)
-                )
-                if again is not None:
-                    continue
+            again = await tx.fetchone(
+                "SELECT version FROM schema_migrations WHERE version = ?", (version,)
+            )
+            if again is not None:
+                continue
             for statement in statements:
                 await tx.execute(statement.replace("{serial}", SERIAL[db.dialect]))
             await tx.execute(

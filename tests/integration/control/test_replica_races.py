@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -336,3 +337,33 @@ async def test_a_download_link_signed_by_one_replica_works_at_the_other(
     async with open_context(store_url, SETTINGS) as restarted:
         assert restarted.settings.download_secret == a.ctx.settings.download_secret
         assert restarted.settings.download_secret == b.ctx.settings.download_secret
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_replicas_starting_together_on_an_empty_store_all_come_up(
+    dialect: str, tmp_path: Path, postgres: Any
+) -> None:
+    """Every migration is applied once, whoever gets there first; none fails on a table
+    a twin created a moment earlier (found: `table accounts already exists` when six
+    `edgemq admin` processes started on a fresh SQLite file)."""
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path}/fresh.db"
+    else:
+        if postgres is None:
+            pytest.skip("PostgreSQL server binaries not installed (./dev test installs them)")
+        url = postgres.url(postgres.create_database())  # empty: no template
+    async with contextlib.AsyncExitStack() as stack:
+        results = await asyncio.gather(
+            *(stack.enter_async_context(open_context(url, SETTINGS)) for _ in range(RACERS)),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures == [], failures
+        ctx = results[0]
+        assert not isinstance(ctx, BaseException)
+        versions = await ctx.db.fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
+        signing = await ctx.db.fetchall("SELECT kid FROM signing_keys")
+        assert len(signing) == 1
+        secrets = {r.settings.download_secret for r in results if not isinstance(r, BaseException)}
+        assert len(secrets) == 1
