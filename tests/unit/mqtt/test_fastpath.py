@@ -9,7 +9,8 @@ publishers, no sockets, so thousands of streams take seconds. Each stream mixes
 fast-path packets (QoS 0/1, 3.1.1 and v5 without properties) with packets that must
 fall back (QoS 2 + PUBREL, DUP, RETAIN, properties, topic aliases, long packets,
 PINGREQ) and, at its end, sometimes one bad packet (every error the fast path could
-misjudge) or a DISCONNECT. Seed: EDGEMQ_TEST_SEED, else random (printed).
+misjudge) or a DISCONNECT; a second test overwrites a few random bytes of such streams.
+Seed: EDGEMQ_TEST_SEED, else random (printed).
 """
 
 from __future__ import annotations
@@ -392,3 +393,22 @@ async def test_the_fast_path_is_taken_for_common_publishes(monkeypatch: Any) -> 
 
 def test_the_session_module_uses_the_fast_path_by_default() -> None:
     assert session_mod.MqttSession.fast_publish is True
+
+
+async def test_mutated_streams_end_the_same_way_on_both_paths() -> None:
+    """Generated streams with a few random bytes overwritten: whatever the bytes now
+    say (another packet type, a cut topic, a bad length), both paths agree."""
+    rng = random.Random(seed_of("mutated streams"))
+    differing_ends = 0
+    for _ in range(STREAMS):
+        v5 = rng.random() < 0.5
+        qos_max = rng.choice((0, 1, 2))
+        data = bytearray(b"".join(stream(rng, v5, qos_max)))
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        schedule = rng.randrange(2**32)
+        fast = await drive(True, v5, qos_max, bytes(data), schedule)
+        reference = await drive(False, v5, qos_max, bytes(data), schedule)
+        assert fast == reference, f"v5={v5} qos_max={qos_max} schedule={schedule}"
+        differing_ends += fast.state != OPEN
+    assert differing_ends > STREAMS // 4  # the mutations did reach the error paths
