@@ -98,12 +98,15 @@ before anything of theirs is buffered (ADR 0014)."""
 CONNECTION_BUFFER_BYTES = 256 * KIB
 """Allowance per open (admitted) connection for the HTTP server's own read buffers
 (aiohttp pauses reading at 2 x 64 KiB) and the sockets."""
-RSS_SLACK_BYTES = 64 * MIB
+RSS_SLACK_BYTES = 112 * MIB
 """RSS may grow from the 0.5x level's peak by the in-flight limit, the connection
 allowance for the connections admitted at once (at most HTTP_CONNECTIONS_MAX), and
-this. With the cap the most measured beyond the first two was 38 MiB (5x level, 824
-connections wanted, 2 vCPUs shared); without it a loaded CI run once needed 160 MiB
-(940 MiB peak with ~2,000 connections open). docs/reliability.md has the figures."""
+this. With the cap the most measured beyond the first two was 38 MiB (4 runs, 2 vCPUs
+shared); the slack is about 3x that because CI machines are loaded (allocator and GC
+timing move the peak, and a single figure is no bound). It stays under the 160 MiB a
+loaded CI run once needed without the cap (940 MiB peak with ~2,000 connections open),
+so memory that follows the open connections instead of the cap still fails here.
+docs/reliability.md has the figures."""
 RSS_CAP_CONNECTIONS = 512
 """The fixed RSS cap applies to levels that kept at most this many requests open."""
 RSS_SAMPLE_S = 0.05
