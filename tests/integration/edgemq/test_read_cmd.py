@@ -64,8 +64,8 @@ def _lines(batch: int) -> list[str]:
 async def _committed(
     tmp_path: Path, destination: Any, *, batches: int = BATCHES, opaque: tuple[bytes, ...] = ()
 ) -> AsyncIterator[Committed]:
-    """A control plane and a node; `batches` NDJSON batches sent 1.2 s apart (the
-    endpoint seals after 1 s, so each batch is its own segment) and the `opaque`
+    """A control plane and a node; `batches` NDJSON batches, each sent only once the
+    previous one is committed (so each batch is its own segment), and the `opaque`
     records (octet-stream) with the first, all committed."""
     async with control_plane(str(tmp_path)) as cp:
         dest = await destination(cp)
@@ -74,6 +74,13 @@ async def _committed(
             await wait_for(lambda: node.endpoints.snapshot.endpoint(endpoint["id"]), what="config")
             sent: list[str] = []
             url = f"{node.http_url}/ingest/{endpoint['id']}"
+
+            async def committed_frames() -> int:
+                return sum(int(c["frames"]) for c in await cp.commits(endpoint["id"]))
+
+            async def all_committed() -> bool:
+                return await committed_frames() == len(sent) + len(opaque)
+
             async with aiohttp.ClientSession() as s:
                 for b in range(batches):
                     lines = _lines(b)
@@ -89,13 +96,8 @@ async def _committed(
                         }
                         async with s.post(url, data=record, headers=octets) as r:
                             assert r.status == 200, await r.text()
-                    await asyncio.sleep(1.2)
-
-            async def all_committed() -> bool:
-                commits = await cp.commits(endpoint["id"])
-                return bool(sum(c["frames"] for c in commits) == len(sent) + len(opaque))
-
-            await wait_for(all_committed, timeout_s=60, what="every record committed")
+                    # The batch is committed (its segment sealed) before the next is sent.
+                    await wait_for(all_committed, timeout_s=60, what=f"batch {b} committed")
             yield Committed(cp, endpoint["id"], node.node_id, sent, list(opaque))
 
 
