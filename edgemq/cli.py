@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DATABASE_URL,
         help="sqlite:///PATH or postgresql://…",
     )
+    # The arguments of the admin sub-commands (names, --account, --scopes, --key-id,
+    # --node-keys, …) say what this one invocation acts on: unlike settings, they read
+    # no EDGEMQ_* variable (a stale EDGEMQ_KEY_ID must never revoke a key). docs/cli.md.
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     account = admin_commands.add_parser("create-account", help="create an account (tenant)")
     account.add_argument("name")

@@ -18,7 +18,7 @@ from edgemq.bench_report import (
 )
 
 
-def _expected(script: str) -> list[tuple[str, str, str]]:
+def _expected(script: str) -> tuple[str, ...]:
     return next(s.expected for s in SPECS if s.script == script)
 
 
