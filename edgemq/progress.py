@@ -1,6 +1,7 @@
 """A one-line progress bar on stderr for long reads (no dependency): manifests read while
 planning, then segments done of total, bytes done of total, rate and a bar, redrawn at
-most every `interval_s`."""
+most every `interval_s`. The rate counts from `start_reading` (planning, which lists
+and reads the manifests, moves no segment bytes)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Progress:
         self.segments = 0
         self.bytes = 0
         self.started = clock()
+        """When reading started (reset by start_reading): the rate's time base."""
         self._drawn_at: float | None = None
         self._width = 0
 
@@ -74,6 +76,12 @@ class Progress:
             return
         self._drawn_at = now
         self._write(f"reading manifests {done}/{total}")
+
+    def start_reading(self, total_segments: int, total_bytes: int) -> None:
+        """Planning is done: what is to be read, and the rate's clock starts now."""
+        self.total_segments = total_segments
+        self.total_bytes = total_bytes
+        self.started = self.clock()
 
     def _write(self, text: str) -> None:
         pad = max(0, self._width - len(text))

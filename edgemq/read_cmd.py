@@ -109,8 +109,7 @@ async def read_records(
 ) -> Summary:
     summary = Summary()
     planned = await plan(source, opts, progress.manifests_read)
-    progress.total_segments = len(planned)
-    progress.total_bytes = sum(p.bytes for p in planned)
+    progress.start_reading(len(planned), sum(p.bytes for p in planned))
     with tempfile.TemporaryDirectory(prefix="edgemq-read-") as scratch:
         for seg in planned:
             try:
