@@ -11,9 +11,10 @@ from typing import Any
 import duckdb
 
 from ingest.manifest import parse_manifest
+from tests.support.processes import ROOT
 
 from .blocks import Block, fenced_blocks, output_matches
-from .stack import ROOT, SEED_EVENTS, Stack
+from .stack import SEED_EVENTS, Stack
 
 BLOCK_TIMEOUT_S = 60.0
 PRELUDE_DOC = ROOT / "docs" / "README.md"

@@ -9,7 +9,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.up_process import spawn_up
+
 START_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -30,49 +30,17 @@ SEED_EVENTS = [
 """Accepted, accepted, dropped by the demo view's filter, DLQ (cast_failures: dlq)."""
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class Stack:
     """`python -m edgemq up` in `workdir` with data in `workdir/edgemq-data`."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "edgemq-data"
-        control, ingest, mqtt = free_ports(3)
-        self.ports = {"control": control, "ingest": ingest, "mqtt": mqtt}
         # `.venv/bin/python` in the docs: the interpreter running the tests.
         os.symlink(sys.prefix, workdir / ".venv")
         self.log_path = workdir / "edgemq-up.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgemq",
-                "up",
-                "--data-dir",
-                str(self.data_dir),
-                "--control-port",
-                str(control),
-                "--ingest-port",
-                str(ingest),
-                "--mqtt-port",
-                str(mqtt),
-            ],
-            cwd=ROOT,
-            env=self.env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc, self.ports = spawn_up(self.data_dir, stdout=self._log, env=self.env())
         self.boot: dict[str, Any] = {}
         self.doc_env: dict[str, str] | None = None
         """The environment the docs' setup block exports (tests/docs/runner.py)."""

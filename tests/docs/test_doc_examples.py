@@ -22,9 +22,11 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.processes import ROOT
+
 from .blocks import Block, executed_blocks, fenced_blocks, marked_tables, output_matches
 from .runner import ExampleFailed, run_block, run_shell
-from .stack import ROOT, Stack, start
+from .stack import Stack, start
 
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
 MUST_HAVE_EXAMPLES = [

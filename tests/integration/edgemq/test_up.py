@@ -11,10 +11,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,6 +22,8 @@ from typing import Any
 
 import duckdb
 
+from tests.support.up_process import spawn_up
+
 ROOT = Path(__file__).resolve().parents[3]
 BUCKET = "edgemq-local"
 START_TIMEOUT_S = 60.0
@@ -31,43 +31,11 @@ PARQUET_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class Up:
     """One `edgemq up` process; its output is collected by a thread."""
 
     def __init__(self, data_dir: Path) -> None:
-        control, ingest, mqtt = _free_ports(3)
-        self.ports = {"control": control, "ingest": ingest, "mqtt": mqtt}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgemq",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--control-port",
-                str(control),
-                "--ingest-port",
-                str(ingest),
-                "--mqtt-port",
-                str(mqtt),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.proc, self.ports = spawn_up(data_dir, stdout=subprocess.PIPE, text=True)
         self._lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
