@@ -8,7 +8,9 @@ One directory per endpoint (``<data>/wal/<endpoint_id>/``) holding:
   directory is created. Sequence numbers are contiguous per (node, endpoint, epoch);
   a WAL directory created anew (lost disk, wiped directory) gets a new epoch, so its
   object keys never collide with an earlier generation's.
-- ``seg-<seq:08d>.wal.open``: the open segment, appended to by the group-commit writer.
+- ``seg-<seq:08d>.wal.open``: the open segment, appended to by the group-commit writer
+  (with ``WalSettings.preallocate_bytes`` it may end in zeros: a zero tail ends a
+  segment; ADR 0016).
 - ``seg-<seq:08d>.wal``: sealed segments waiting for delivery; deleted once committed.
 
 A segment is frames back to back with no header or footer. A frame (big-endian) is

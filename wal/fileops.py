@@ -38,6 +38,14 @@ class FileOps(Protocol):
         """Open (creating if needed) for appending. Creation is durable only after fsync_dir."""
         ...
 
+    def open_preallocated(self, path: str, chunk_bytes: int) -> AppendFile:
+        """Create an empty file for appending whose space is written with zeros ahead of
+        the data, `chunk_bytes` at a time, each zero-fill made durable before any data
+        lands in it: an fdatasync then flushes data blocks only, no size or extent
+        change. The file is longer than its data (a zero tail) until `truncate`.
+        Creation is durable only after fsync_dir. docs/adr/0016."""
+        ...
+
     def truncate(self, path: str, size_bytes: int) -> None:
         """Cut the file to `size_bytes` and make the new size durable."""
         ...
@@ -57,6 +65,59 @@ class OsAppendFile:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
+            view = view[written:]
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+ZERO_FILL_WRITE_BYTES = 1024 * 1024
+
+
+class OsPreallocatedFile:
+    """`AppendFile` writing at its own offset into a zero-filled, fsynced region that it
+    extends by `chunk_bytes` (zeros written, then fdatasync) whenever a write would
+    pass its end. Positional writes: the file size is the allocated size."""
+
+    __slots__ = ("_allocated", "_chunk", "_fd", "_pos")
+
+    def __init__(self, path: str, chunk_bytes: int) -> None:
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be >= 1")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(self._fd).st_size:
+                raise FileExistsError(f"{path} is not empty: preallocation needs a new file")
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._chunk = chunk_bytes
+        self._pos = 0
+        self._allocated = 0
+
+    def _zero_fill(self, end: int) -> None:
+        """Zeros from the allocated end to `end` rounded up to a chunk, made durable."""
+        end = -(-end // self._chunk) * self._chunk
+        zeros = bytes(min(ZERO_FILL_WRITE_BYTES, end - self._allocated))
+        offset = self._allocated
+        while offset < end:
+            view = memoryview(zeros)[: end - offset]
+            offset += os.pwrite(self._fd, view, offset)
+        os.fdatasync(self._fd)
+        self._allocated = end
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if self._pos + len(view) > self._allocated:
+            self._zero_fill(self._pos + len(view))
+        while view:
+            written = os.pwrite(self._fd, view, self._pos)
+            self._pos += written
             view = view[written:]
 
     def sync(self) -> None:
@@ -90,6 +151,15 @@ class OsFileOps:
 
     def open_append(self, path: str) -> AppendFile:
         return OsAppendFile(path)
+
+    def open_preallocated(self, path: str, chunk_bytes: int) -> AppendFile:
+        f = OsPreallocatedFile(path, chunk_bytes)
+        try:
+            f._zero_fill(chunk_bytes)
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def truncate(self, path: str, size_bytes: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

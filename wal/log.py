@@ -24,6 +24,9 @@ Policies:
   already fsynced, close, rename `.wal.open` → `.wal`, create the next open file,
   fsync the directory. Empty segments are never sealed; a batch never spans segments.
 - settings: `reconfigure()` takes effect at the next rotation.
+- preallocation (`preallocate_bytes`, off by default, docs/adr/0016): the open segment
+  is zero-filled ahead of the data; sizes and offsets count written bytes only, and
+  sealing truncates the zero tail before the rename.
 - retention: `mark_committed(seq)` deletes a sealed segment (and fsyncs the directory);
   nothing else ever deletes one.
 """
@@ -66,12 +69,19 @@ class WalSettings:
     """One write + fdatasync covers at most this much (at least one append)."""
     retry_after_s: int = 1
     """The back-off hint carried by WalFull."""
+    preallocate_bytes: int = 0
+    """0: segments grow by appending. Otherwise the open segment's space is zero-filled
+    and fsynced this many bytes at a time ahead of the data, so a batch's fdatasync
+    has no size or extent change to journal; a sealed segment is truncated to its
+    data. docs/adr/0016."""
 
     def __post_init__(self) -> None:
         if self.segment_bytes < 1 or self.batch_bytes_max < 1 or self.pending_bytes_max < 1:
             raise ValueError("segment_bytes, batch_bytes_max and pending_bytes_max must be >= 1")
         if self.segment_max_age_s <= 0:
             raise ValueError("segment_max_age_s must be > 0")
+        if self.preallocate_bytes < 0:
+            raise ValueError("preallocate_bytes must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,8 +477,14 @@ class WriteAheadLog:
     # --------------------------------------------- blocking parts (off the loop)
     def _open_segment_sync(self) -> None:
         path = os.path.join(self.directory, open_name(self._seq))
-        self._file = self._fileops.open_append(path)
-        self._size = self._fileops.file_size(path)
+        chunk = self._settings.preallocate_bytes
+        if chunk and not (self._fileops.exists(path) and self._fileops.file_size(path)):
+            # Recovery leaves an open segment empty (or gone): it starts at byte 0.
+            self._file = self._fileops.open_preallocated(path, chunk)
+            self._size = 0
+        else:
+            self._file = self._fileops.open_append(path)
+            self._size = self._fileops.file_size(path)
         self._writer_counts = (self._size, self._sealed_by_writer)
         self._fileops.fsync_dir(self.directory)
 
@@ -478,7 +494,13 @@ class WriteAheadLog:
         self._file = None
         seq = self._seq
         sealed_path = os.path.join(self.directory, sealed_name(seq))
-        self._fileops.rename(os.path.join(self.directory, open_name(seq)), sealed_path)
+        open_path = os.path.join(self.directory, open_name(seq))
+        if self._fileops.file_size(open_path) != self._size:
+            # The preallocated zero tail goes before the seal: a sealed segment is its
+            # data only (ftruncate + fsync; a crash before the rename leaves an open
+            # segment that recovery seals the same way).
+            self._fileops.truncate(open_path, self._size)
+        self._fileops.rename(open_path, sealed_path)
         failpoints.hit("wal.mid_seal")
         segment = SealedSegment(seq, self.epoch, sealed_path, self._size, self._frames)
         # Hand the bytes over in one tuple store: the loop reads the pair at once, so

@@ -120,11 +120,17 @@ def detect_layout(buf: bytes | bytearray | memoryview, *, at_eof: bool = True) -
 def iter_frames(
     buf: bytes | bytearray | memoryview, *, layout: Layout | None = None
 ) -> Iterator[tuple[int, Frame]]:
-    """Yield (offset, frame) for a whole in-memory segment; raise at the first bad frame."""
+    """Yield (offset, frame) for a whole in-memory segment; raise at the first bad frame.
+    Zeros from a frame boundary to the end are the end of the segment, not a bad frame."""
     chosen = layout or detect_layout(buf) or Layout.CURRENT
     offset = 0
     while offset < len(buf):
-        frame, end = decode_at(buf, offset, chosen)
+        try:
+            frame, end = decode_at(buf, offset, chosen)
+        except CorruptFrame:
+            if not any(buf[offset : offset + 8]) and not bytes(buf[offset:]).strip(b"\0"):
+                return  # a zero tail (preallocated segment) ends the segment
+            raise
         yield offset, frame
         offset = end
 
@@ -182,9 +188,24 @@ class StreamReader:
                 self._fill(len(self._buf) + READ_CHUNK_BYTES)
                 continue
             except CorruptFrame as err:
+                if self._zeros_to_eof(pos):
+                    return  # a preallocated segment's unwritten tail: the end of the log
                 raise CorruptFrame(self._base + pos, err.reason) from None
             yield self._base + pos, frame
             pos = end
+
+    def _zeros_to_eof(self, pos: int) -> bool:
+        """Whether every byte from `pos` to the end of the stream is zero (docs/formats/
+        wal.md: a zero tail ends a segment). Reads the rest one chunk at a time."""
+        if any(self._buf[pos : pos + 8]) or self._buf[pos:].strip(b"\0"):
+            return False
+        while not self._eof:
+            chunk = self._stream.read(READ_CHUNK_BYTES)
+            if not chunk:
+                self._eof = True
+            elif chunk.strip(b"\0"):
+                return False
+        return True
 
 
 def open_segment_stream(path: str) -> BinaryIO:

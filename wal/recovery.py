@@ -13,7 +13,8 @@ Decision table (what is found → what is done):
 | `seg-N.wal.open` with valid frames         | truncate after the last valid frame and fsync   |
 |                                            | (always: its bytes may be in the page cache     |
 |                                            | only), rename to `seg-N.wal`; report frames     |
-|                                            | kept and bytes cut                              |
+|                                            | kept and bytes cut (trailing zeros, a           |
+|                                            | preallocated tail, are reported apart)          |
 | `seg-N.wal.open`, no valid frame, highest  | truncate to 0 and keep it: it is the next open  |
 | name in the directory                      | segment, and the only trace of the highest      |
 |                                            | number ever used when all below were committed  |
@@ -34,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from shared.clock import Clock
 
@@ -52,6 +54,7 @@ class OpenSegmentRecovery:
     bytes_kept: int
     bytes_cut: int
     reason: str | None  # why the tail was cut, None when nothing was
+    zero_tail_bytes: int = 0  # trailing zeros (a preallocated tail, ADR 0016), not "cut"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,26 @@ def make_dirs_durably(directory: str, fileops: FileOps) -> None:
         fileops.fsync_dir(os.path.dirname(created))
 
 
+ZERO_CHECK_READ_BYTES = 1024 * 1024
+
+
+def _zero_tail_bytes(stream: BinaryIO, start: int, size: int) -> int:
+    """How many bytes at the end of the file, after `start`, are zeros: a preallocated
+    segment's unwritten tail (never acknowledged data, so not counted as cut)."""
+    stream.seek(start)
+    nonzero_end = start  # one past the last non-zero byte seen
+    offset = start
+    while offset < size:
+        chunk = stream.read(min(ZERO_CHECK_READ_BYTES, size - offset))
+        if not chunk:
+            break
+        stripped = len(chunk.rstrip(b"\0"))
+        if stripped:
+            nonzero_end = offset + stripped
+        offset += len(chunk)
+    return size - nonzero_end
+
+
 def recover(
     directory: str, *, fileops: FileOps, clock: Clock, initial_epoch: int | None = None
 ) -> RecoveredState:
@@ -169,9 +192,16 @@ def recover(
         size = fileops.file_size(path)
         with fileops.open_read(path) as stream:
             scan = scan_stream(stream)
-        reason = scan.error.reason if scan.error is not None else None
+            zeros = _zero_tail_bytes(stream, scan.valid_bytes, size)
+        reason = (
+            scan.error.reason
+            if scan.error is not None and zeros < size - scan.valid_bytes
+            else None
+        )
         recovered_open.append(
-            OpenSegmentRecovery(seq, scan.frames, scan.valid_bytes, size - scan.valid_bytes, reason)
+            OpenSegmentRecovery(
+                seq, scan.frames, scan.valid_bytes, size - scan.valid_bytes - zeros, reason, zeros
+            )
         )
         changed = True
         if scan.frames == 0:

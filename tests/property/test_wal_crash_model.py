@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import errno
 import os
 import random
@@ -181,7 +182,9 @@ def expect_recovery(fs: SimFs) -> DiskExpectation:
         if is_open:
             data = fs.read_bytes(f"{WAL_DIR}/{name}")
             frames, valid = decode_prefix(data)
-            opens.append(OpenSegmentExpectation(seq, len(frames), valid, len(data) - valid))
+            # Trailing zeros (a preallocated tail, ADR 0016) are not counted as cut.
+            cut = len(data[valid:].rstrip(b"\0"))
+            opens.append(OpenSegmentExpectation(seq, len(frames), valid, cut))
     opens.sort(key=lambda o: o.seq)
     return DiskExpectation(EPOCH_FILE not in names, tuple(opens), segment_files)
 
@@ -440,7 +443,10 @@ class WalCrashMachine(RuleBasedStateMachine):
             seq, is_open = parsed
             if is_open:
                 assert seq == wal.open_seq, f"open segment {seq}, writer at {wal.open_seq}"
-                assert fs.file_size(path) == 0, f"{name} is not empty"
+                # Empty, or only the zeros of its preallocated space.
+                assert not fs.read_bytes(path).strip(b"\0"), f"{name} is not empty"
+                if not self.settings.preallocate_bytes:
+                    assert fs.file_size(path) == 0, f"{name} is not empty"
                 continue
             data = fs.read_bytes(path)
             frames, valid = decode_prefix(data)
@@ -493,6 +499,8 @@ class WalCrashMachine(RuleBasedStateMachine):
             event("unacknowledged records survived")
         if report.bytes_cut:
             event("recovery cut a torn tail")
+        if any(o.zero_tail_bytes for o in report.open_segments):
+            event("recovery dropped a preallocated zero tail")
         if any(o.frames_kept for o in report.open_segments):
             event("recovery sealed an open segment")
         if self.maybe_committed:
@@ -512,6 +520,7 @@ class WalCrashMachine(RuleBasedStateMachine):
         batch_bytes_max=st.sampled_from([1, 200, 4 * 1024 * 1024]),
         pending_bytes_max=st.sampled_from([400, 64 * 1024 * 1024]),
         max_age_s=st.sampled_from([5.0, 30.0]),
+        preallocate_bytes=st.sampled_from([0, 0, 64, 1000]),
         recovery_cut=RECOVERY_CUT,
         seed=SEED,
     )
@@ -521,6 +530,7 @@ class WalCrashMachine(RuleBasedStateMachine):
         batch_bytes_max: int,
         pending_bytes_max: int,
         max_age_s: float,
+        preallocate_bytes: int,
         recovery_cut: int | None,
         seed: int,
     ) -> None:
@@ -529,7 +539,10 @@ class WalCrashMachine(RuleBasedStateMachine):
             segment_max_age_s=max_age_s,
             batch_bytes_max=batch_bytes_max,
             pending_bytes_max=pending_bytes_max,
+            preallocate_bytes=preallocate_bytes,
         )
+        if preallocate_bytes:
+            event("preallocated segments")
         self._recover(self.fs, recovery_cut, seed)
 
     @rule(
@@ -614,12 +627,7 @@ class WalCrashMachine(RuleBasedStateMachine):
     def reconfigure(self, segment_bytes: int) -> None:
         self.w.reconfigure(segment_bytes=segment_bytes)
         s = self.settings
-        self.settings = WalSettings(
-            segment_bytes=segment_bytes,
-            segment_max_age_s=s.segment_max_age_s,
-            batch_bytes_max=s.batch_bytes_max,
-            pending_bytes_max=s.pending_bytes_max,
-        )
+        self.settings = dataclasses.replace(s, segment_bytes=segment_bytes)
         self._after_step()
 
     @rule(pick=st.integers(0, 2**16))

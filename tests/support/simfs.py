@@ -16,11 +16,17 @@ systems in ordered-journal mode actually give):
   together with everything in it.
 - Appends go to the inode, not the name: an open file keeps working after its name
   was renamed or unlinked, like a file descriptor does.
+- Preallocated files (`open_preallocated`, docs/adr/0016) are zeros, durable, up to
+  their allocated size, and the data overwrites them from byte 0. Growing the
+  allocation (a write past its end) is a zero-fill plus fdatasync, so it also makes
+  everything written before it durable. Readers see the data followed by the zero tail.
 
 `crash(rng)` returns a NEW, fully durable `SimFs`: one possible disk after a power cut
 right now. For every file that survives it keeps the durable bytes plus an arbitrary
 prefix of the volatile suffix, sometimes with the last kept bytes torn (random garbage
-or zeros, never touching durable bytes); for every directory it applies an arbitrary
+or zeros, never touching durable bytes) and, in a preallocated file, sometimes with a
+zero hole inside the kept volatile bytes (pages written back out of order), followed
+by the durable zero tail; for every directory it applies an arbitrary
 prefix of the pending operations. `crash_states(rng, n)` yields n such images.
 `flush_page_cache()` makes all written file data durable (kernel writeback).
 
@@ -28,7 +34,7 @@ Fault injection:
 
 - `fail_next(op, count, err=errno.EIO, partial=0)`: the next `count` calls of `op`
   (``"write"``, ``"sync"``, ``"rename"``, ``"unlink"``, ``"fsync_dir"``,
-  ``"open_append"``, ``"truncate"``, ``"makedirs"``) raise ``OSError(err)``. A failed
+  ``"open_append"``, ``"open_preallocated"``, ``"truncate"``, ``"makedirs"``) raise ``OSError(err)``. A failed
   write first appends ``partial`` bytes of its data (a short write); a failed sync
   makes nothing durable.
 - `arm_power_cut(after_ops, rng)`: let `after_ops` more mutating operations happen,
@@ -62,18 +68,34 @@ from typing import BinaryIO, Literal
 __all__ = ["SimAppendFile", "SimFs"]
 
 MUTATING_OPS = frozenset(
-    {"makedirs", "open_append", "write", "sync", "truncate", "rename", "unlink", "fsync_dir"}
+    {
+        "makedirs",
+        "open_append",
+        "open_preallocated",
+        "write",
+        "sync",
+        "truncate",
+        "rename",
+        "unlink",
+        "fsync_dir",
+    }
 )
+HOLE_PROBABILITY = 0.2
 TEAR_PROBABILITY = 0.3
 TEAR_BYTES_MAX = 32
 
 
 class _Inode:
-    __slots__ = ("data", "synced")
+    __slots__ = ("allocated", "data", "synced")
 
-    def __init__(self, data: bytes = b"", synced: int = 0) -> None:
+    def __init__(self, data: bytes = b"", synced: int = 0, allocated: int = 0) -> None:
         self.data = bytearray(data)
         self.synced = synced  # data[:synced] is durable
+        self.allocated = allocated  # preallocated: durable zeros up to here, under the data
+
+    def view(self) -> bytes:
+        """What readers see: the data, then the rest of the zero-filled allocation."""
+        return bytes(self.data) + bytes(max(0, self.allocated - len(self.data)))
 
 
 class _Dir:
@@ -137,11 +159,19 @@ def _oserror(code: int, path: str, detail: str | None = None) -> OSError:
 class SimAppendFile:
     """`wal.fileops.AppendFile` over a `SimFs` inode."""
 
-    def __init__(self, fs: SimFs, inode: _Inode, path: str) -> None:
+    def __init__(self, fs: SimFs, inode: _Inode, path: str, chunk_bytes: int = 0) -> None:
         self._fs = fs
         self._inode = inode
         self._path = path
         self._closed = False
+        self._chunk = chunk_bytes  # > 0: a preallocated file growing by this much
+
+    def _grow(self, end: int) -> None:
+        inode = self._inode
+        if self._chunk and end > inode.allocated:
+            # Zero-fill + fdatasync: durable zeros, and everything written so far too.
+            inode.allocated = -(-end // self._chunk) * self._chunk
+            inode.synced = len(inode.data)
 
     def write(self, data: bytes | memoryview) -> None:
         raw = bytes(data)
@@ -149,6 +179,7 @@ class SimAppendFile:
             fault = self._fs._enter("write", self._path)
             if self._closed:
                 raise _oserror(errno.EBADF, self._path)
+            self._grow(len(self._inode.data) + len(raw))
             if fault is not None:
                 self._inode.data += raw[: fault.partial]
                 raise _oserror(fault.err, self._path, "injected write failure")
@@ -303,6 +334,11 @@ class SimFs:
             torn = rng.randint(1, min(volatile_kept, TEAR_BYTES_MAX))
             garbage = bytes(torn) if rng.random() < 0.5 else rng.randbytes(torn)
             content[keep - torn : keep] = garbage
+        if inode.allocated and volatile_kept > 1 and rng.random() < HOLE_PROBABILITY:
+            start = rng.randrange(inode.synced, keep - 1)
+            end = rng.randint(start + 1, keep - 1)
+            content[start:end] = bytes(end - start)  # a later page reached the disk first
+        content += bytes(max(0, inode.allocated - len(content)))
         return _Inode(bytes(content), len(content))
 
     # ------------------------------------------------------------ path helpers
@@ -375,17 +411,17 @@ class SimFs:
     def file_size(self, path: str) -> int:
         with self._lock:
             self._enter("file_size", path)
-            return len(self._file(path).data)
+            return len(self._file(path).view())
 
     def read_bytes(self, path: str) -> bytes:
         with self._lock:
             self._enter("read_bytes", path)
-            return bytes(self._file(path).data)
+            return self._file(path).view()
 
     def open_read(self, path: str) -> BinaryIO:
         with self._lock:
             self._enter("open_read", path)
-            return io.BytesIO(bytes(self._file(path).data))
+            return io.BytesIO(self._file(path).view())
 
     def open_append(self, path: str) -> SimAppendFile:
         with self._lock:
@@ -401,10 +437,32 @@ class SimFs:
                 parent.pending.append(op)
             return SimAppendFile(self, node, path)
 
+    def open_preallocated(self, path: str, chunk_bytes: int) -> SimAppendFile:
+        """A new (or empty) file with `chunk_bytes` of durable zeros; see the docstring."""
+        with self._lock:
+            self._check(self._enter("open_preallocated", path), path)
+            if chunk_bytes < 1:
+                raise ValueError("chunk_bytes must be >= 1")
+            parent, name = self._parent(path)
+            node = parent.entries.get(name)
+            if isinstance(node, _Dir):
+                raise _oserror(errno.EISDIR, path)
+            if node is not None and node.view():
+                raise _oserror(errno.EEXIST, path, "not empty: preallocation needs a new file")
+            if node is None:
+                node = _Inode()
+                op = _DirOp("create", name, node)
+                op.apply(parent.entries)
+                parent.pending.append(op)
+            node.allocated = chunk_bytes
+            return SimAppendFile(self, node, path, chunk_bytes)
+
     def truncate(self, path: str, size_bytes: int) -> None:
         with self._lock:
             self._check(self._enter("truncate", path), path)
             inode = self._file(path)
+            inode.data = bytearray(inode.view())
+            inode.allocated = 0
             if size_bytes < len(inode.data):
                 del inode.data[size_bytes:]
             else:
@@ -497,5 +555,5 @@ class SimFs:
                     if isinstance(node, _Dir):
                         stack.append((path, node))
                     else:
-                        out[path] = bytes(node.data)
+                        out[path] = node.view()
             return dict(sorted(out.items()))

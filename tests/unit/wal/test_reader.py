@@ -61,7 +61,16 @@ def test_the_stream_reader_reads_a_zstd_stream() -> None:
 
 def test_scan_stops_at_the_first_bad_frame_and_counts_the_valid_prefix() -> None:
     good = _segment(4)
-    scan = scan_stream(io.BytesIO(good + b"\x00" * 40))
+    scan = scan_stream(io.BytesIO(good + b"\x00" * 20 + b"\x07" + b"\x00" * 19))
     assert (scan.frames, scan.valid_bytes) == (4, len(good))
     assert scan.error is not None
     assert scan.error.offset == len(good)
+
+
+def test_a_zero_tail_is_the_end_of_a_segment_not_a_bad_frame() -> None:
+    good = _segment(4)
+    scan = scan_stream(io.BytesIO(good + b"\x00" * 40))
+    assert (scan.frames, scan.valid_bytes, scan.error) == (4, len(good), None)
+    assert len(list(iter_frames(good + b"\x00" * 40))) == 4
+    with pytest.raises(CorruptFrame):
+        list(iter_frames(good + b"\x00" * 40 + b"\x01"))
