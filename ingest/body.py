@@ -1,7 +1,8 @@
 """HTTP ingest request bodies (DESIGN.md §3): content type → kind, bounded
 decompression, split into records. Pure functions over bytes: the HTTP handler reads
 the body under its own size limit and deadline, then calls
-`split_records(decode_content(data, encoding, limits), content_kind(ctype), limits)`.
+`split_records(decode_content(data, encoding, limits), content_kind(ctype), limits)`,
+or `frame_records(...)` for the same records already framed for the WAL (one pass).
 
     BodyError(status, code, message, line)       one exception, the JSON error shape
       415 unsupported_media_type | unsupported_encoding
