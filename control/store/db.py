@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,7 +35,26 @@ class DuplicateKey(Exception):
 
 
 class Contention(Exception):
-    """PostgreSQL gave up on a transaction (deadlock, serialization failure): retry."""
+    """The store gave up on a statement: a PostgreSQL deadlock, serialization failure,
+    lock wait past `PG_LOCK_TIMEOUT_MS` or statement past `PG_STATEMENT_TIMEOUT_MS`, or
+    SQLite's write lock held by another process past its busy timeout. Retry."""
+
+
+class StoreUnavailable(ValueError):
+    """A read-only open found no store, or one whose schema version this binary does
+    not know (older or newer). A ValueError: operator commands report it, exit 2."""
+
+
+# PostgreSQL session limits (docs/control-plane.md): a request never waits forever on
+# a lock or a stalled statement while holding one of the pool's connections.
+PG_LOCK_TIMEOUT_MS = 5_000
+"""Longest wait for a row or advisory lock (`tx.lock`) before answering 503."""
+PG_STATEMENT_TIMEOUT_MS = 15_000
+"""Longest single statement (migrations raise it for themselves)."""
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+"""A transaction left idle this long (a stalled holder of locks) is ended by the server."""
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+"""Longest wait for SQLite's write lock held by another process, then 503."""
 
 
 def lock_key(name: str) -> int:
@@ -94,9 +114,10 @@ class _SqliteTx:
 class SqliteDatabase:
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self._pool = BlockingPool("sqlite", threads=1, waiting_max=10_000)
         self._path = path
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -109,7 +130,7 @@ class SqliteDatabase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         self._conn = conn
 
     def _fetchall(self, sql: str, params: Params) -> list[Row]:
@@ -176,7 +197,15 @@ def _pg_error(err: Exception) -> Exception:
 
     if isinstance(err, errors.UniqueViolation):
         return DuplicateKey(str(err).splitlines()[0])
-    if isinstance(err, (errors.DeadlockDetected, errors.SerializationFailure)):
+    if isinstance(
+        err,
+        (
+            errors.DeadlockDetected,
+            errors.SerializationFailure,
+            errors.LockNotAvailable,  # lock_timeout
+            errors.QueryCanceled,  # statement_timeout
+        ),
+    ):
         return Contention(str(err).splitlines()[0])
     return err
 
@@ -223,6 +252,13 @@ class _PgTx:
         await self.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(name),))
 
 
+PG_OPTIONS = (
+    f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+    f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+)
+"""Session settings of every pooled connection (they replace `options` in the URL)."""
+
+
 class PostgresDatabase:
     dialect = "postgresql"
 
@@ -235,7 +271,7 @@ class PostgresDatabase:
             min_size=1,
             max_size=pool_max,
             open=False,
-            kwargs={"row_factory": dict_row, "autocommit": True},
+            kwargs={"row_factory": dict_row, "autocommit": True, "options": PG_OPTIONS},
             timeout=10.0,
         )
 
@@ -267,16 +303,66 @@ class PostgresDatabase:
         await self._pool.close()
 
 
-async def open_database(url: str) -> SqliteDatabase | PostgresDatabase:
-    """`postgresql://…` → PostgreSQL; `sqlite:///path` or a plain path → SQLite."""
-    db: SqliteDatabase | PostgresDatabase
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (`sqlite:///path` or a plain path); None for PostgreSQL."""
     if url.startswith(("postgresql://", "postgres://")):
-        db = PostgresDatabase(url)
-    else:
-        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-        db = SqliteDatabase(path)
+        return None
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+
+
+def _database(url: str) -> SqliteDatabase | PostgresDatabase:
+    path = sqlite_path(url)
+    return PostgresDatabase(url) if path is None else SqliteDatabase(path)
+
+
+async def open_database(url: str) -> SqliteDatabase | PostgresDatabase:
+    """`postgresql://…` → PostgreSQL; `sqlite:///path` or a plain path → SQLite.
+    Creates the store if needed and applies missing migrations."""
+    db = _database(url)
     await db.connect()
     from .schema import migrate
 
-    await migrate(db)
+    try:
+        await migrate(db)
+    except BaseException:
+        await db.close()
+        raise
     return db
+
+
+async def open_existing(url: str) -> SqliteDatabase | PostgresDatabase:
+    """The store at `url` for reading, as it is: no migration, nothing created.
+    `StoreUnavailable` when there is no store there or its schema version is not
+    exactly the one this binary knows (a newer CLI must not judge, or migrate, a
+    store older replicas still run on; an older CLI cannot read a newer one)."""
+    path = sqlite_path(url)
+    if path is not None and not await asyncio.to_thread(os.path.isfile, path):
+        raise StoreUnavailable(f"no control store at {path}")
+    db = _database(url)
+    await db.connect()
+    try:
+        from .schema import MIGRATIONS, schema_version
+
+        version = await schema_version(db)
+        if version == 0:
+            raise StoreUnavailable(f"{url_for_humans(url)} holds no control store")
+        if version != len(MIGRATIONS):
+            relation = "newer" if version > len(MIGRATIONS) else "older"
+            raise StoreUnavailable(
+                f"the control store is at schema version {version}, {relation} than the "
+                f"version {len(MIGRATIONS)} this edgemq knows; use an edgemq of the same "
+                "version as the control plane (a control plane of this version upgrades "
+                "the store when it starts)"
+            )
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def url_for_humans(url: str) -> str:
+    """The URL without a password (for messages)."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://…@{rest.rsplit('@', 1)[1]}"
+    return url

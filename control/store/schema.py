@@ -3,11 +3,14 @@
 Portable choices: ids are TEXT (UUIDs) except `commits.id` (an integer sequence);
 timestamps are BIGINT milliseconds (µs for commit upload times, the cursor);
 booleans are INTEGER 0/1; JSON values are TEXT. `{serial}` is the only dialect
-difference. `schema_migrations` records what has been applied.
+difference; `{now_ms}` is the time of applying. `schema_migrations` records what has
+been applied. Migrations are additive: a replica of the previous release keeps working
+on the newer schema during a rolling upgrade.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 SERIAL = {"sqlite": "INTEGER PRIMARY KEY", "postgresql": "BIGSERIAL PRIMARY KEY"}
@@ -166,7 +169,15 @@ MIGRATIONS: list[list[str]] = [
     ],
     [
         # At most one active binding of a view on an endpoint, whatever races
-        # (docs/adr/0009); attach checks first and answers 409 with a reason.
+        # (docs/adr/0009); attach checks first and answers 409 with a reason. Stores
+        # that already hold duplicates (the race before this index) keep the oldest
+        # active binding of each pair; the others are deactivated now, so the index
+        # can be built.
+        "UPDATE bindings SET deactivated_at = {now_ms} WHERE deactivated_at IS NULL "
+        "AND EXISTS (SELECT 1 FROM bindings o WHERE o.endpoint_id = bindings.endpoint_id "
+        "AND o.view_id = bindings.view_id AND o.deactivated_at IS NULL "
+        "AND (o.activated_at < bindings.activated_at "
+        "OR (o.activated_at = bindings.activated_at AND o.id < bindings.id)))",
         "CREATE UNIQUE INDEX bindings_active ON bindings (endpoint_id, view_id) "
         "WHERE deactivated_at IS NULL",
     ],
@@ -181,10 +192,42 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 
-async def migrate(db: Any) -> int:
-    """Apply what is missing; return the schema version. Safe to run concurrently on
-    PostgreSQL (the version row is inserted in the same transaction)."""
+# Migrations may wait for other replicas' migrations and build indexes on big tables:
+# longer limits than a request's (control/store/db.py), for their transactions only.
+MIGRATION_LOCK_TIMEOUT = "60s"
+MIGRATION_STATEMENT_TIMEOUT = "600s"
+
+
+async def _migration_limits(db: Any, tx: Any) -> None:
+    if db.dialect == "postgresql":
+        await tx.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+        await tx.execute(f"SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}'")
+
+
+async def schema_version(db: Any) -> int:
+    """The highest migration applied to the store; 0 when it has none (or no table)."""
+    if db.dialect == "postgresql":
+        exists = await db.fetchone("SELECT to_regclass('schema_migrations') IS NOT NULL AS ok")
+        present = bool(exists and exists["ok"])
+    else:
+        present = (
+            await db.fetchone(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            )
+            is not None
+        )
+    if not present:
+        return 0
+    row = await db.fetchone("SELECT MAX(version) AS version FROM schema_migrations")
+    return int(row["version"]) if row and row["version"] is not None else 0
+
+
+async def migrate(db: Any, upto: int | None = None) -> int:
+    """Apply what is missing (up to migration `upto`, for tests of upgrades); return
+    the schema version. Safe to run concurrently (the version row is inserted in the
+    same transaction, checked again under the lock)."""
     async with db.transaction() as tx:
+        await _migration_limits(db, tx)
         # Replicas starting together: PostgreSQL's CREATE TABLE IF NOT EXISTS is not
         # safe against a concurrent twin (a unique violation in its catalog).
         await tx.lock("schema-migrations")
@@ -192,9 +235,8 @@ async def migrate(db: Any) -> int:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "applied_at BIGINT NOT NULL)"
         )
-    import time
-
-    for version, statements in enumerate(MIGRATIONS, start=1):
+    target = MIGRATIONS if upto is None else MIGRATIONS[:upto]
+    for version, statements in enumerate(target, start=1):
         row = await db.fetchone(
             "SELECT version FROM schema_migrations WHERE version = ?", (version,)
         )
@@ -204,6 +246,7 @@ async def migrate(db: Any) -> int:
             # Another process may have applied it between the check and this
             # transaction: look again under the lock (SQLite's BEGIN IMMEDIATE holds the
             # write lock already; PostgreSQL locks the table).
+            await _migration_limits(db, tx)
             if db.dialect == "postgresql":
                 await tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
             again = await tx.fetchone(
@@ -212,9 +255,10 @@ async def migrate(db: Any) -> int:
             if again is not None:
                 continue
             for statement in statements:
-                await tx.execute(statement.replace("{serial}", SERIAL[db.dialect]))
+                sql = statement.replace("{serial}", SERIAL[db.dialect])
+                await tx.execute(sql.replace("{now_ms}", str(int(time.time() * 1000))))
             await tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                 (version, int(time.time() * 1000)),
             )
-    return len(MIGRATIONS)
+    return len(target)
