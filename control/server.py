@@ -17,9 +17,13 @@ from .http.app import create_app
 from .secrets_store import DOWNLOAD_LINKS, shared_secret
 from .services.common import Context, ControlSettings
 from .store import open_database
+from .store.db import open_existing
 
 log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///./edgemq-data/control.db"
+WATCHER_STOP_S = 20.0
+"""Longest wait at close for the epoch watcher's current read (bounded by the store's
+statement timeout)."""
 
 
 def _prepare_sqlite_dir(url: str) -> None:
@@ -37,12 +41,38 @@ async def open_context(
     settings = settings or ControlSettings()
     await asyncio.to_thread(_prepare_sqlite_dir, database_url)
     db = await open_database(database_url)
+    watcher: asyncio.Task[None] | None = None
     try:
         signer = await Signer.load(db)
         if not settings.download_secret:
             secret = await shared_secret(db, DOWNLOAD_LINKS)
             settings = replace(settings, download_secret=secret)
-        yield Context(db=db, signer=signer, settings=settings)
+        ctx = Context(db=db, signer=signer, settings=settings)
+        watcher = asyncio.create_task(ctx.watch_epoch(), name="epoch-watcher")
+        yield ctx
+    finally:
+        if watcher is not None:
+            ctx.watch_stop.set()
+            try:
+                async with asyncio.timeout(WATCHER_STOP_S):
+                    await watcher
+            except TimeoutError:
+                log.warning("the epoch watcher did not stop in %s s", WATCHER_STOP_S)
+        await db.close()
+
+
+@asynccontextmanager
+async def open_read_only(
+    database_url: str, settings: ControlSettings | None = None
+) -> AsyncIterator[Context]:
+    """A context for reading the store as it is (`edgemq status`, `edgemq admin
+    list-*`): no migration, no signing key or secret created, no epoch watcher.
+    `StoreUnavailable` (a ValueError) when there is no store at `database_url` or its
+    schema version differs from this binary's."""
+    db = await open_existing(database_url)
+    try:
+        signer = await Signer.load(db, create=False)
+        yield Context(db=db, signer=signer, settings=settings or ControlSettings())
     finally:
         await db.close()
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..auth import Principal
 from ..errors import Conflict, Invalid, problem
+from ..store.db import Executor
 from . import views
 from .common import (
     Context,
@@ -46,8 +47,10 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _endpoint(ctx: Context, account_id: str, endpoint_id: str) -> None:
-    row = await ctx.db.fetchone(
+async def _endpoint(
+    ctx: Context, account_id: str, endpoint_id: str, tx: Executor | None = None
+) -> None:
+    row = await (tx or ctx.db).fetchone(
         "SELECT id FROM endpoints WHERE id = ? AND account_id = ? AND deleted_at IS NULL",
         (endpoint_id, account_id),
     )
@@ -91,7 +94,22 @@ async def attach(
         )
     binding_id = new_id()
     async with ctx.db.transaction() as tx:
-        await tx.lock(f"binding:{endpoint_id}:{view['id']}")
+        # The checks above are repeated under the locks archive and endpoint delete
+        # take: neither can land between them and the insert (docs/adr/0009).
+        await tx.lock(f"endpoint:{endpoint_id}")
+        await tx.lock(f"view:{view['id']}")
+        await _endpoint(ctx, account_id, endpoint_id, tx)
+        again = await tx.fetchone("SELECT status FROM views WHERE id = ?", (view["id"],))
+        if again is None or again["status"] != "published":
+            status = again["status"] if again else "deleted"
+            raise Invalid(
+                [
+                    problem(
+                        "body.view_id",
+                        f"only published views can be attached (this one is {status})",
+                    )
+                ]
+            )
         active = await tx.fetchone(
             "SELECT id FROM bindings WHERE endpoint_id = ? AND view_id = ? AND deactivated_at IS NULL",
             (endpoint_id, view["id"]),

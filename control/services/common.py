@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -15,6 +17,10 @@ from ..auth import Principal, Signer
 from ..errors import Forbidden, Invalid, NotFound, problem
 from ..store.db import Database, Executor
 
+log = logging.getLogger(__name__)
+EPOCH_WATCH_INTERVAL_S = 1.0
+"""How often each replica reads the config epoch to wake long polls for changes made
+through other replicas (local changes wake them at commit)."""
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 200
 MIB = 1024 * 1024
@@ -47,6 +53,10 @@ class Context:
     signer: Signer
     settings: ControlSettings
     epoch_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    epoch_seen: int = 0
+    watch_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to end `watch_epoch` (after its current read)."""
+    """The newest config epoch this replica knows of (its watcher's or its own)."""
     closing: bool = False
     """Set when the server shuts down: long polls answer at once."""
 
@@ -61,16 +71,45 @@ class Context:
         assert row is not None
         # Wake long polls once the new epoch is visible (after commit); a poll tick
         # covers changes made by other replicas.
+        epoch = int(row["value"])
         callbacks = getattr(tx, "after_commit", None)
         if callbacks is None:
-            self.wake_long_polls()
+            self.epoch_committed(epoch)
         else:
-            callbacks.append(self.wake_long_polls)
-        return int(row["value"])
+            callbacks.append(lambda: self.epoch_committed(epoch))
+        return epoch
+
+    def epoch_committed(self, epoch: int) -> None:
+        """This replica committed `epoch`: wake the polls now (the watcher then knows
+        it and does not wake them a second time)."""
+        self.epoch_seen = max(self.epoch_seen, epoch)
+        self.wake_long_polls()
 
     def wake_long_polls(self) -> None:
         woken, self.epoch_changed = self.epoch_changed, asyncio.Event()
         woken.set()
+
+    async def watch_epoch(self, interval_s: float = EPOCH_WATCH_INTERVAL_S) -> None:
+        """Run for the life of the replica: read the config epoch every `interval_s`
+        and wake the long polls when it moved (a change made through another
+        replica). One query per interval, however many nodes wait."""
+        first = True
+        while not (self.closing or self.watch_stop.is_set()):
+            try:
+                epoch = await self.config_epoch()
+            except Exception as err:  # a store hiccup: try again next tick
+                log.warning("epoch watcher: %s: %s", type(err).__name__, err)
+            else:
+                if epoch > self.epoch_seen:
+                    self.epoch_seen = epoch
+                    if not first:
+                        self.wake_long_polls()
+                first = False
+            # Stopped by `watch_stop`, never cancelled inside a query: a psycopg
+            # connection cancelled mid-statement can stall the pool's close.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self.watch_stop.wait()
 
     async def config_epoch(self) -> int:
         row = await self.db.fetchone("SELECT value FROM settings WHERE name = 'config_epoch'")

@@ -366,6 +366,8 @@ async def delete(ctx: Context, principal: Principal, endpoint_id: str) -> None:
     endpoint_id = check_id(endpoint_id, "endpoint")
     await _fetch(ctx, account_id, endpoint_id)
     async with ctx.db.transaction() as tx:
+        # Under the lock attach takes: no binding is inserted after the sweep below.
+        await tx.lock(f"endpoint:{endpoint_id}")
         epoch = await ctx.bump_epoch(tx)
         now = now_ms()
         await tx.execute(

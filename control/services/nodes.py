@@ -29,6 +29,10 @@ from .common import (
 from .destinations import as_snapshot
 
 COMMITS_PER_REPORT_MAX = 1000
+ENDPOINTS_PER_HEARTBEAT_MAX = 100_000
+"""Endpoint states one heartbeat may carry (400 above; docs/control-plane.md)."""
+_UPSERT_ROWS = 500
+"""Endpoint states per INSERT statement (5 parameters each)."""
 
 
 def _str_list(value: object, path: str, problems: list[dict[str, str]]) -> list[str]:
@@ -109,9 +113,11 @@ async def heartbeat(
     states = data.get("endpoints", [])
     if (
         not isinstance(states, list)
+        or len(states) > ENDPOINTS_PER_HEARTBEAT_MAX
         or not all(
             isinstance(s, dict)
             and isinstance(s.get("endpoint_id"), str)
+            and len(s["endpoint_id"]) <= 64
             and _is_count(s.get("unshipped_bytes", 0))
             and isinstance(s.get("delivery_error"), (str, type(None)))
             for s in states
@@ -123,42 +129,50 @@ async def heartbeat(
             problem(
                 "body.endpoints",
                 "must be a list of {endpoint_id, unshipped_bytes, delivery_error}, "
-                "one per endpoint",
+                f"one per endpoint, at most {ENDPOINTS_PER_HEARTBEAT_MAX}",
             )
         )
         states = []
     raise_if(problems)
-    now = now_ms()
     async with ctx.db.transaction() as tx:
+        # Heartbeats of one node (a drain's and the periodic one, maybe at two
+        # replicas) take turns; each stamps its rows later than any earlier one, then
+        # drops the rows it did not stamp: what the node no longer holds. No statement
+        # binds a parameter per endpoint (SQLite allows 32766, PostgreSQL 65535).
+        await tx.lock(f"node:{node_id}")
+        last = await tx.fetchone(
+            "SELECT MAX(updated_at) AS at FROM node_endpoint_state WHERE node_id = ?", (node_id,)
+        )
+        now = max(now_ms(), int(last["at"]) + 1 if last and last["at"] is not None else 0)
         await tx.execute(
             "UPDATE nodes SET last_heartbeat_at = ?, applied_epoch = ?, draining = ? WHERE id = ?",
             (now, applied, int(data.get("draining", False)), node_id),
         )
-        # Upserts in endpoint order, then drop what the node no longer holds: two
-        # heartbeats of one node at once (a drain's and the periodic one) never collide.
         states = sorted(states, key=lambda s: str(s["endpoint_id"]))
-        kept = [s["endpoint_id"] for s in states]
-        marks = ",".join("?" for _ in kept)
-        await tx.execute(
-            "DELETE FROM node_endpoint_state WHERE node_id = ?"
-            + (f" AND endpoint_id NOT IN ({marks})" if kept else ""),
-            (node_id, *kept),
-        )
-        for s in states:
+        for start in range(0, len(states), _UPSERT_ROWS):
+            chunk = states[start : start + _UPSERT_ROWS]
             await tx.execute(
                 "INSERT INTO node_endpoint_state (node_id, endpoint_id, unshipped_bytes, "
-                "delivery_error, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (node_id, endpoint_id) DO UPDATE SET "
+                "delivery_error, updated_at) VALUES "
+                + ",".join("(?, ?, ?, ?, ?)" for _ in chunk)
+                + " ON CONFLICT (node_id, endpoint_id) DO UPDATE SET "
                 "unshipped_bytes = excluded.unshipped_bytes, "
                 "delivery_error = excluded.delivery_error, updated_at = excluded.updated_at",
-                (
-                    node_id,
-                    s["endpoint_id"],
-                    int(s.get("unshipped_bytes", 0)),
-                    s.get("delivery_error"),
-                    now,
-                ),
+                [
+                    value
+                    for s in chunk
+                    for value in (
+                        node_id,
+                        s["endpoint_id"],
+                        int(s.get("unshipped_bytes", 0)),
+                        s.get("delivery_error"),
+                        now,
+                    )
+                ],
             )
+        await tx.execute(
+            "DELETE FROM node_endpoint_state WHERE node_id = ? AND updated_at < ?", (node_id, now)
+        )
     return {"config_epoch": await ctx.config_epoch()}
 
 
@@ -185,7 +199,8 @@ async def snapshot(ctx: Context, region: str) -> dict[str, Any]:
         bindings = await ctx.db.fetchall(
             "SELECT b.id, b.is_required, b.canary_start_ts, v.id AS view_id, v.name, v.version, "
             "v.definition FROM bindings b JOIN views v ON v.id = b.view_id "
-            "WHERE b.endpoint_id = ? AND b.deactivated_at IS NULL ORDER BY b.activated_at",
+            "WHERE b.endpoint_id = ? AND b.deactivated_at IS NULL AND v.status = 'published' "
+            "ORDER BY b.activated_at",
             (e["id"],),
         )
         endpoints.append(
@@ -249,12 +264,14 @@ async def config(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
+        # The event is taken before the epoch is read: a change in between still wakes
+        # this poll. Local changes set it at commit; the replica's epoch watcher
+        # (`Context.watch_epoch`) sets it for changes made through other replicas.
+        changed = ctx.epoch_changed
         if ctx.closing or await ctx.config_epoch() > after or loop.time() >= deadline:
             return await snapshot(ctx, node["region"])
-        changed = ctx.epoch_changed
         try:
-            # Wake on a local change at once; poll for other replicas' changes.
-            async with asyncio.timeout(min(1.0, max(0.0, deadline - loop.time()))):
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 await changed.wait()
         except TimeoutError:
             pass

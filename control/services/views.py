@@ -346,8 +346,15 @@ async def archive(ctx: Context, principal: Principal, view_id: str) -> dict[str,
             ]
         )
     async with ctx.db.transaction() as tx:
+        # Under the lock attach takes: no binding is inserted after the sweep below.
+        await tx.lock(f"view:{view_id}")
         now = now_ms()
-        await tx.execute("UPDATE views SET status = 'archived' WHERE id = ?", (view_id,))
+        archived = await tx.execute(
+            "UPDATE views SET status = 'archived' WHERE id = ? AND status = 'published'",
+            (view_id,),
+        )
+        if not archived:
+            raise Invalid([problem("status", "the view is no longer published")])
         detached = await tx.execute(
             "UPDATE bindings SET deactivated_at = ? WHERE view_id = ? AND deactivated_at IS NULL",
             (now, view_id),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import json
+import sqlite3
 from typing import Any
 
 import control.services.keys
@@ -623,3 +626,80 @@ async def test_an_endpoint_degrades_when_its_regions_nodes_stop_heartbeating(api
     await heartbeat(api, key, node_id, applied_epoch=await api.ctx.config_epoch())
     state = await endpoint_state(api, endpoint["id"])
     assert (state["status"], state["dns_ipv4"]) == ("active", ["10.0.0.1"])
+
+
+async def large_heartbeat(
+    api: Api, key: str, node_id: str, endpoints: list[dict[str, Any]]
+) -> tuple[int, Any]:
+    """A heartbeat with a body of megabytes (streamed, as aiohttp asks for big bodies)."""
+    data = io.BytesIO(json.dumps({"endpoints": endpoints}).encode())
+    resp = await api.client.post(
+        f"/v1/nodes/{node_id}/heartbeat",
+        data=data,
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
+    return resp.status, await resp.json()
+
+
+async def test_a_heartbeat_with_more_endpoints_than_a_statement_has_parameters_is_recorded(
+    api: Api,
+) -> None:
+    """Found in review: the heartbeat bound one parameter per endpoint in NOT IN (…),
+    so above SQLite's 32766 (PostgreSQL's 65535) parameters every heartbeat failed. A
+    later, shorter heartbeat still drops what the node no longer holds."""
+    key = await node_key(api)
+    node_id = await register(api, key)
+    if api.ctx.db.dialect == "sqlite":
+        # Debian's SQLite allows 250000 parameters; upstream's default is 32766.
+        db: Any = api.ctx.db
+        await db._pool.run(db._conn.setlimit, sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)
+    many = [{"endpoint_id": f"e{i:05d}", "unshipped_bytes": i} for i in range(70_000)]
+
+    status, body = await large_heartbeat(api, key, node_id, many)
+    assert status == 200, body
+    row = await api.ctx.db.fetchone(
+        "SELECT COUNT(*) AS n, SUM(unshipped_bytes) AS total FROM node_endpoint_state "
+        "WHERE node_id = ?",
+        (node_id,),
+    )
+    assert row is not None
+    assert (int(row["n"]), int(row["total"])) == (70_000, sum(range(70_000)))
+
+    await heartbeat(api, key, node_id, endpoints=[{"endpoint_id": "e00007", "unshipped_bytes": 1}])
+    rows = await api.ctx.db.fetchall(
+        "SELECT endpoint_id, unshipped_bytes FROM node_endpoint_state WHERE node_id = ?",
+        (node_id,),
+    )
+    assert [(r["endpoint_id"], int(r["unshipped_bytes"])) for r in rows] == [("e00007", 1)]
+
+
+async def test_a_heartbeat_listing_more_endpoints_than_the_bound_is_rejected(api: Api) -> None:
+    from control.services.nodes import ENDPOINTS_PER_HEARTBEAT_MAX
+
+    key = await node_key(api)
+    node_id = await register(api, key)
+    too_many = [{"endpoint_id": str(i)} for i in range(ENDPOINTS_PER_HEARTBEAT_MAX + 1)]
+
+    status, body = await large_heartbeat(api, key, node_id, too_many)
+
+    assert status == 422, body
+    assert problem_paths(body) == ["body.endpoints"]
+    assert str(ENDPOINTS_PER_HEARTBEAT_MAX) in body["error"]["problems"][0]["message"]
+
+
+async def test_heartbeats_of_one_node_at_once_leave_the_states_of_one_of_them(api: Api) -> None:
+    """Two heartbeats of one node at once (a drain's and the periodic one) with
+    disjoint endpoint lists: afterwards the state is exactly one of the two lists,
+    never a mix and never empty."""
+    key = await node_key(api)
+    node_id = await register(api, key)
+    names = [sorted(f"{side}{i:02d}" for i in range(50)) for side in ("a", "b")]
+    lists = [[{"endpoint_id": e, "unshipped_bytes": 1} for e in x] for x in names]
+    for _ in range(5):
+        await asyncio.gather(*(heartbeat(api, key, node_id, endpoints=x) for x in lists))
+        rows = await api.ctx.db.fetchall(
+            "SELECT endpoint_id FROM node_endpoint_state WHERE node_id = ? ORDER BY endpoint_id",
+            (node_id,),
+        )
+        held = [r["endpoint_id"] for r in rows]
+        assert held in names, held

@@ -367,3 +367,182 @@ async def test_replicas_starting_together_on_an_empty_store_all_come_up(
         assert len(signing) == 1
         secrets = {r.settings.download_secret for r in results if not isinstance(r, BaseException)}
         assert len(secrets) == 1
+
+
+# ------------------------------------------------- archive / delete vs attach
+async def _attach_with_a_step_between_check_and_insert(
+    api: Api, endpoint_id: str, view_id: str, step: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, Any]:
+    """Attach at `api`, with `step()` (another replica's request) run to completion
+    after attach has read the view and before it writes: the widest race window."""
+    from control.services import views
+
+    real_fetch = views.fetch
+
+    async def fetch_then_step(*args: Any) -> Any:
+        row = await real_fetch(*args)
+        monkeypatch.setattr(views, "fetch", real_fetch)  # once: `step` reads views too
+        await step()
+        return row
+
+    monkeypatch.setattr(views, "fetch", fetch_then_step)
+    try:
+        return await api.call(
+            "POST", f"/v1/endpoints/{endpoint_id}/views", json={"view_id": view_id}
+        )
+    finally:
+        monkeypatch.setattr(views, "fetch", real_fetch)
+
+
+async def _active_bindings(api: Api, view_id: str) -> list[dict[str, Any]]:
+    return await api.ctx.db.fetchall(
+        "SELECT id, endpoint_id FROM bindings WHERE view_id = ? AND deactivated_at IS NULL",
+        (view_id,),
+    )
+
+
+async def test_a_view_archived_while_an_attach_is_in_flight_stays_unbound(
+    replicas: tuple[Api, Api], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: attach checked the view's status outside its transaction, so an
+    archive at the other replica (seeing no binding yet) let attach insert an active
+    binding of an archived view, which then shipped to nodes."""
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    view = await published_view(a)
+    await b.token()
+
+    async def archive_at_b() -> None:
+        status, body = await b.call("POST", f"/v1/views/{view['id']}/archive")
+        assert status == 200, body
+
+    status, body = await _attach_with_a_step_between_check_and_insert(
+        a, endpoint["id"], view["id"], archive_at_b, monkeypatch
+    )
+    assert status == 422, body
+    assert "archived" in body["error"]["problems"][0]["message"], body
+    assert await _active_bindings(a, view["id"]) == []
+
+
+async def test_an_endpoint_deleted_while_an_attach_is_in_flight_gets_no_binding(
+    replicas: tuple[Api, Api], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    view = await published_view(a)
+    await b.token()
+
+    async def delete_at_b() -> None:
+        status, body = await b.call("DELETE", f"/v1/endpoints/{endpoint['id']}")
+        assert status == 204, body
+
+    status, body = await _attach_with_a_step_between_check_and_insert(
+        a, endpoint["id"], view["id"], delete_at_b, monkeypatch
+    )
+    assert status == 404, body
+    assert await _active_bindings(a, view["id"]) == []
+
+
+async def test_attach_and_archive_racing_at_two_replicas_never_leave_an_archived_view_bound(
+    replicas: tuple[Api, Api],
+) -> None:
+    """The same race without a hook: attach at A and archive at B sent together, a few
+    rounds; whoever wins, an archived view has no active binding afterwards."""
+    a, b = replicas
+    endpoint = await create_endpoint(a)
+    for api in replicas:
+        await api.token()
+    for round_ in range(6):
+        view = await published_view(a, name=f"racing_{round_}")
+        (attach_status, attached), (archive_status, archived) = await asyncio.gather(
+            a.call("POST", f"/v1/endpoints/{endpoint['id']}/views", json={"view_id": view["id"]}),
+            b.call("POST", f"/v1/views/{view['id']}/archive"),
+        )
+        assert attach_status in (201, 422), attached
+        assert archive_status == 200, archived
+        assert await _active_bindings(a, view["id"]) == [], (round_, attach_status)
+
+
+async def test_the_snapshot_leaves_out_bindings_of_archived_views(
+    replicas: tuple[Api, Api],
+) -> None:
+    """Defence in depth: a binding row left active on an archived view (a store from
+    before the fix) is not shipped to nodes."""
+    a, _ = replicas
+    endpoint = await create_endpoint(a)
+    view = await published_view(a)
+    kept = await published_view(a, name="kept")
+    await attach(a, endpoint["id"], view["id"])
+    await attach(a, endpoint["id"], kept["id"])
+    await a.ctx.db.execute("UPDATE views SET status = 'archived' WHERE id = ?", (view["id"],))
+    from control.services.nodes import snapshot
+
+    shipped = await snapshot(a.ctx, "iad")
+    [entry] = [e for e in shipped["endpoints"] if e["id"] == endpoint["id"]]
+    assert [x["view_id"] for x in entry["bindings"]] == [kept["id"]]
+
+
+# ------------------------------------------------------------ long polls
+class _EpochReads:
+    """Counts the config-epoch reads a replica makes (wrapping its store's fetchone):
+    those of its epoch watcher task and those of anything else (the polls)."""
+
+    def __init__(self, api: Api, polls: int) -> None:
+        self.watcher = 0
+        self.others = 0
+        self.each_poll_read = asyncio.Event()
+        real = api.ctx.db.fetchone
+
+        async def counting(sql: str, params: Any = ()) -> Any:
+            if "config_epoch" in sql:
+                task = asyncio.current_task()
+                if task is not None and task.get_name() == "epoch-watcher":
+                    self.watcher += 1
+                else:
+                    self.others += 1
+                    if self.others >= polls:
+                        self.each_poll_read.set()
+            return await real(sql, params)
+
+        api.ctx.db.fetchone = counting  # type: ignore[method-assign]
+
+
+async def test_waiting_long_polls_share_one_epoch_reader_and_wake_on_the_other_replicas_change(
+    replicas: tuple[Api, Api],
+) -> None:
+    """Found in review: every waiting poll re-read the epoch once a second on its own
+    connection (N polls, N queries a second). One watcher per replica reads it; a
+    change made through replica B still wakes every poll waiting at replica A."""
+    a, b = replicas
+    key, node_id = await _node(a)
+    epoch = await a.ctx.config_epoch()
+    polls = 12
+    reads = _EpochReads(a, polls)
+    window_s = 2.5
+    tasks = [
+        asyncio.create_task(
+            a.client.get(
+                f"/v1/nodes/{node_id}/config",
+                params={"after_epoch": str(epoch), "wait_s": "20"},
+                headers={"X-API-Key": key},
+            )
+        )
+        for _ in range(polls)
+    ]
+    async with asyncio.timeout(30):
+        await reads.each_poll_read.wait()
+    await asyncio.sleep(0.2)  # … and waits
+    assert not any(t.done() for t in tasks)
+    watcher, others = reads.watcher, reads.others
+    await asyncio.sleep(window_s)
+    # Waiting polls read nothing; the watcher about once a second (one tick of slack).
+    assert reads.others - others == 0, reads.others - others
+    assert reads.watcher - watcher <= window_s + 1, reads.watcher - watcher
+    created = await create_endpoint(b)
+    async with asyncio.timeout(10):  # the watcher notices within about a second
+        answers = await asyncio.gather(*tasks)
+    for resp in answers:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert body["config_epoch"] > epoch
+        assert created["id"] in [e["id"] for e in body["endpoints"]]
