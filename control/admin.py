@@ -1,6 +1,10 @@
 """Operator commands that work on the store directly (`edgemq admin …`).
 
-Listing and revoking go through the same services as the API (`services.keys`), acting
+Listing (`list-*`) opens the store read-only (`server.open_read_only`): no migration,
+nothing created; a missing store or one at another schema version is refused (exit 2).
+The mutating commands (`create-*`, `revoke-key`) open it like a control plane does and
+apply missing migrations first, so run them with the edgemq version of the control
+plane. Listing and revoking go through the same services as the API (`services.keys`), acting
 as an admin of the key's account, so the rules are the API's: revoking an account key
 bumps the config epoch and nodes drop its digest with their next snapshot. Node keys
 (no account) are not in snapshots: the control plane checks them on every request, so
@@ -15,18 +19,19 @@ from typing import Any
 from shared.apikeys import SCOPES
 
 from .auth import Principal
-from .server import open_context
+from .server import open_context, open_read_only
 from .services import keys
 from .services.common import LIMIT_MAX, Context, fmt_ts, now_ms
-
-SQLITE = "sqlite:///"
+from .store.db import sqlite_path
 
 
 def check_store(database_url: str) -> None:
-    """ValueError when a SQLite store does not exist: operator commands other than
-    create-* never create an empty store by accident (a mistyped path)."""
-    if database_url.startswith(SQLITE) and not os.path.exists(database_url[len(SQLITE) :]):
-        raise ValueError(f"no control store at {database_url[len(SQLITE) :]}")
+    """ValueError when a SQLite store (`sqlite:///path` or a plain path) does not exist:
+    operator commands other than create-* never create an empty store by accident (a
+    mistyped path)."""
+    path = sqlite_path(database_url)
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"no control store at {path}")
 
 
 def _acting_admin(account_id: str) -> Principal:
@@ -59,8 +64,7 @@ async def create_node_key(database_url: str, name: str) -> dict[str, Any]:
 
 
 async def list_accounts(database_url: str) -> dict[str, Any]:
-    check_store(database_url)
-    async with open_context(database_url) as ctx:
+    async with open_read_only(database_url) as ctx:
         rows = await ctx.db.fetchall(
             "SELECT a.id, a.name, a.tenant, a.created_at, "
             "(SELECT COUNT(*) FROM api_keys k WHERE k.account_id = a.id "
@@ -119,8 +123,7 @@ async def _node_keys(ctx: Context) -> list[dict[str, Any]]:
 
 async def list_keys(database_url: str, account_id: str | None) -> dict[str, Any]:
     """The keys of an account (no secrets), or the node keys when `account_id` is None."""
-    check_store(database_url)
-    async with open_context(database_url) as ctx:
+    async with open_read_only(database_url) as ctx:
         if account_id is None:
             items = await _node_keys(ctx)
         else:

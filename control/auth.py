@@ -42,19 +42,25 @@ def _now_ms() -> int:
 class Signer:
     """Holds the signing keys loaded from (or first created in) the store."""
 
-    def __init__(self, kid: str, private_key: rsa.RSAPrivateKey, jwks: dict[str, Any]) -> None:
+    def __init__(
+        self, kid: str, private_key: rsa.RSAPrivateKey | None, jwks: dict[str, Any]
+    ) -> None:
         self.kid = kid
         self._private_key = private_key
         self.jwks = jwks
         self.verifier = Verifier(jwks)
 
     @classmethod
-    async def load(cls, db: Database) -> Signer:
+    async def load(cls, db: Database, *, create: bool = True) -> Signer:
+        """The store's signing keys; the first one is created when there is none, unless
+        `create` is False (read-only use: a signer that verifies nothing, issues nothing)."""
         rows = await db.fetchall(
             "SELECT kid, private_pem, public_jwk, created_at, retired_at FROM signing_keys "
             "ORDER BY created_at"
         )
         active = [r for r in rows if r["retired_at"] is None]
+        if not active and not create:
+            return cls("", None, {"keys": []})
         if not active:
             async with db.transaction() as tx:
                 # Replicas starting together on an empty store: the first creates the
@@ -103,6 +109,8 @@ class Signer:
     def issue(self, *, account_id: str, scope: str, ttl_s: int, actor: str) -> tuple[str, int]:
         if not 1 <= ttl_s <= TTL_MAX_S:
             raise ValueError("ttl out of range")
+        if self._private_key is None:
+            raise RuntimeError("this signer was opened read-only on a store without keys")
         now = int(time.time())
         claims = {
             "iss": ISSUER,

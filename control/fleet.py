@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from .server import open_context
+from .server import open_read_only
 from .services.common import Context, ControlSettings, fmt_ts, now_ms
 from .services.endpoints import node_healthy, regions_health, render
 
@@ -108,9 +108,11 @@ async def fleet(ctx: Context, region: str | None = None) -> dict[str, Any]:
 async def fleet_status(
     database_url: str, *, region: str | None = None, heartbeat_timeout_s: float | None = None
 ) -> dict[str, Any]:
-    """`fleet` on the store at `database_url` (SQLite path URL or postgresql://)."""
+    """`fleet` on the store at `database_url` (SQLite path URL or postgresql://), read
+    as it is: no migration, nothing created (`StoreUnavailable` when missing or at
+    another schema version)."""
     settings = ControlSettings()
     if heartbeat_timeout_s is not None:
         settings = replace(settings, node_heartbeat_timeout_s=heartbeat_timeout_s)
-    async with open_context(database_url, settings) as ctx:
+    async with open_read_only(database_url, settings) as ctx:
         return await fleet(ctx, region)

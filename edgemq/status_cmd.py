@@ -66,11 +66,9 @@ def render_text(fleet: dict[str, Any], out: TextIO) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from control.admin import check_store
     from control.fleet import fleet_status
 
     try:
-        check_store(args.database_url)
         fleet = asyncio.run(
             fleet_status(
                 args.database_url,
@@ -78,6 +76,9 @@ def run_status(args: argparse.Namespace) -> int:
                 heartbeat_timeout_s=args.heartbeat_timeout_s,
             )
         )
+    except ValueError as err:  # no store there, or another schema version
+        print(f"edgemq status: {err}", file=sys.stderr)
+        return 2
     except Exception as err:  # a wrong URL, an unreachable server: say so, no traceback
         print(f"edgemq status: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
@@ -103,7 +104,9 @@ def add_status_parser(commands: Any) -> None:
         description="Nodes (region, addresses, heartbeat age, health, applied vs current "
         "config epoch, draining, unshipped bytes) and endpoints (account, region, status, "
         "dns_ipv4, unshipped bytes over all nodes, delivery errors). Endpoint status is "
-        "the control plane's own derivation. Exit 0, or 2 when the store cannot be read.",
+        "the control plane's own derivation. Reads the store as it is (no migration, "
+        "nothing created). Exit 0, or 2 when the store cannot be read, does not exist "
+        "or has another schema version than this edgemq.",
     )
     add_option(
         status,

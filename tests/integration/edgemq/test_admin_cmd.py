@@ -37,8 +37,8 @@ def postgres_fixture() -> Iterator[PostgresServer | None]:
         server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(
+@pytest.fixture(params=["sqlite", "postgresql"], name="database_url")
+async def database_url_fixture(
     request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer | None
 ) -> str:
     if request.param == "sqlite":
@@ -159,5 +159,87 @@ async def test_listing_a_store_that_does_not_exist_creates_nothing(tmp_path: Pat
     missing = tmp_path / "typo" / "control.db"
     done = await _run(f"sqlite:///{missing}", "list-accounts")
     assert done.returncode == 2
+    assert "no control store" in done.stderr
+    assert not missing.parent.exists()
+
+
+async def _store_state(database_url: str) -> tuple[list[int], int, int]:
+    """(applied migrations, signing keys, shared secrets), read without opening a
+    control plane (which would migrate and create them)."""
+    from control.store.db import PostgresDatabase, SqliteDatabase, sqlite_path
+
+    path = sqlite_path(database_url)
+    db = PostgresDatabase(database_url) if path is None else SqliteDatabase(path)
+    await db.connect()
+    try:
+        versions = [
+            int(r["version"])
+            for r in await db.fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        ]
+        signing = await db.fetchall("SELECT kid FROM signing_keys")
+        secrets = await db.fetchall("SELECT name FROM shared_secrets")
+        return versions, len(signing), len(secrets)
+    finally:
+        await db.close()
+
+
+async def set_schema_version(database_url: str, version: int) -> None:
+    """Make the store look like another release's: drop the newest migration's table
+    and record (older), or record one migration more than this binary knows (newer)."""
+    from control.store.db import PostgresDatabase, SqliteDatabase, sqlite_path
+    from control.store.schema import MIGRATIONS
+
+    path = sqlite_path(database_url)
+    db = PostgresDatabase(database_url) if path is None else SqliteDatabase(path)
+    await db.connect()
+    try:
+        if version < len(MIGRATIONS):
+            await db.execute("DELETE FROM schema_migrations WHERE version > ?", (version,))
+        else:
+            await db.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)", (version,)
+            )
+    finally:
+        await db.close()
+
+
+async def test_listing_reads_the_store_as_it_is_and_creates_nothing(database_url: str) -> None:
+    """Found in review: list-* opened the store like a control plane (migrations, a
+    signing key, the download-link secret). The fixture's store is migrated only."""
+    before = await _store_state(database_url)
+    assert before[1:] == (0, 0)
+    for args in (("list-accounts",), ("list-keys", "--node-keys")):
+        done = await _run(database_url, *args)
+        assert done.returncode == 0, done.stderr
+    assert await _store_state(database_url) == before
+
+
+@pytest.mark.parametrize("relation", ["older", "newer"])
+async def test_listing_refuses_a_store_of_another_schema_version_and_leaves_it(
+    database_url: str, relation: str
+) -> None:
+    """A newer CLI must not migrate a production store under older replicas; an older
+    one cannot read a newer store. Exit 2, a message naming both versions."""
+    from control.store.schema import MIGRATIONS
+
+    known = len(MIGRATIONS)
+    version = known - 1 if relation == "older" else known + 1
+    await set_schema_version(database_url, version)
+    before = await _store_state(database_url)
+
+    done = await _run(database_url, "list-accounts")
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"schema version {version}, {relation}" in done.stderr, done.stderr
+    assert f"version {known} this edgemq knows" in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert await _store_state(database_url) == before
+
+
+async def test_listing_a_plain_path_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    """A plain path is a SQLite store, as for `edgemq control`: a typo is refused."""
+    missing = tmp_path / "nope" / "control.db"
+    done = await _run(str(missing), "list-keys", "--node-keys")
+    assert done.returncode == 2, (done.stdout, done.stderr)
     assert "no control store" in done.stderr
     assert not missing.parent.exists()

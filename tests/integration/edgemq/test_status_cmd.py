@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.edgemq.test_admin_cmd import postgres_fixture  # noqa: F401
+from tests.integration.edgemq.test_admin_cmd import (  # noqa: F401
+    _store_state,
+    database_url_fixture,
+    postgres_fixture,
+    set_schema_version,
+)
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ROOT, child_env
 from tests.support.stack import control_plane, node_settings, running_node, wait_for
@@ -118,3 +123,40 @@ async def test_status_refuses_a_store_that_does_not_exist(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "no control store" in done.stderr
     assert not missing.exists()
+
+
+async def test_status_refuses_a_plain_path_that_does_not_exist(tmp_path: Path) -> None:
+    """Found in review: `edgemq status --database-url ./nope/control.db` (no sqlite:///)
+    exited 0 and created a store there."""
+    missing = tmp_path / "nope" / "control.db"
+    done = await asyncio.to_thread(_status_sync, str(missing))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "no control store" in done.stderr
+    assert not missing.parent.exists()
+
+
+async def test_status_reads_the_store_as_it_is_and_creates_nothing(database_url: str) -> None:
+    """No migration, no signing key, no download-link secret (the fixture's store is
+    only migrated, as a control plane's first start leaves it before those)."""
+    before = await _store_state(database_url)
+    fleet = await _status(database_url)
+    assert fleet["nodes"] == []
+    assert await _store_state(database_url) == before
+
+
+@pytest.mark.parametrize("relation", ["older", "newer"])
+async def test_status_refuses_a_store_of_another_schema_version_and_leaves_it(
+    database_url: str, relation: str
+) -> None:
+    from control.store.schema import MIGRATIONS
+
+    version = len(MIGRATIONS) + (-1 if relation == "older" else 1)
+    await set_schema_version(database_url, version)
+    before = await _store_state(database_url)
+
+    done = await asyncio.to_thread(_status_sync, database_url)
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"schema version {version}, {relation}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert await _store_state(database_url) == before
