@@ -74,14 +74,13 @@ async def test_a_unique_violation_past_the_services_check_answers_409(
     assert [r["id"] for r in active] == [first["id"]]
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_a_lock_held_elsewhere_on_postgresql_answers_503_instead_of_hanging(
     api: Api, store_url: str
 ) -> None:
     """Found in review: pg_advisory_xact_lock waited forever, so one stalled lock holder
     tied up requests and pooled connections. Another session holds the lock a new view
     version needs; the request must give up (lock_timeout) and answer 503."""
-    if not store_url.startswith("postgresql://"):
-        pytest.skip("PostgreSQL lock timeouts (SQLite: the next test)")
     view = await create_view(api, "orders")
     holder = await psycopg.AsyncConnection.connect(store_url, autocommit=True)
     try:
@@ -100,14 +99,14 @@ async def test_a_lock_held_elsewhere_on_postgresql_answers_503_instead_of_hangin
     assert body["version"] == 2
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_sqlite_locked_by_another_process_answers_503_and_works_once_released(
     api: Api, store_url: str
 ) -> None:
     """SQLite's write lock held past busy_timeout by another connection (another
     process in production): "database is locked" must become 503 + Retry-After."""
     path = sqlite_path(store_url)
-    if path is None:
-        pytest.skip("SQLite only (PostgreSQL: the test above)")
+    assert path is not None
     quick = SqliteDatabase(path, busy_timeout_ms=200)
     await quick.connect()
     real_db, api.ctx.db = api.ctx.db, quick
