@@ -22,13 +22,14 @@ import pytest
 
 from ingest.objectstore.base import PermanentStoreError, StoreError, TransientStoreError
 from ingest.objectstore.s3 import S3Store
-from tests.contract.test_object_store import s3_destination, unique
+from tests.contract.test_object_store import s3_destination
 from tests.support.fault_proxy import Exchange, FaultProxy
 from tests.support.moto_server import (  # noqa: F401 (fixtures)
     MotoServer,
     moto_fixture,
     moto_server_fixture,
 )
+from tests.support.moto_server import unique_name as unique
 
 MIB = 1024 * 1024
 
