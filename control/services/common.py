@@ -54,9 +54,9 @@ class Context:
     settings: ControlSettings
     epoch_changed: asyncio.Event = field(default_factory=asyncio.Event)
     epoch_seen: int = 0
+    """The newest config epoch this replica knows of (its watcher's or its own)."""
     watch_stop: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to end `watch_epoch` (after its current read)."""
-    """The newest config epoch this replica knows of (its watcher's or its own)."""
     closing: bool = False
     """Set when the server shuts down: long polls answer at once."""
 
