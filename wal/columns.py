@@ -58,12 +58,16 @@ def decode_columns(buf: bytes) -> SegmentColumns:
     )
     offset, end_of_data = 0, len(buf)
     while offset < end_of_data:
-        if end_of_data - offset < HEADER_BYTES:
-            decode_at(buf, offset, Layout.CURRENT)  # raises the precise error
+        if end_of_data - offset < HEADER_BYTES and _bad_frame_or_zero_tail(
+            buf, offset, Layout.CURRENT
+        ):
+            break
         length, checksum, fmt, tenant, ts_ms = unpack(buf, offset)
         end = offset + 8 + length
-        if length < 13 or end > end_of_data or fmt > FMT_TOPIC:
-            decode_at(buf, offset, Layout.CURRENT)  # raises the precise error
+        if (length < 13 or end > end_of_data or fmt > FMT_TOPIC) and _bad_frame_or_zero_tail(
+            buf, offset, Layout.CURRENT
+        ):
+            break
         payload = buf[offset + HEADER_BYTES : end]
         if crc(payload) != checksum:
             raise CorruptFrame(offset, "CRC32C mismatch")
@@ -83,9 +87,27 @@ def decode_columns(buf: bytes) -> SegmentColumns:
     return cols
 
 
+def _bad_frame_or_zero_tail(buf: bytes, offset: int, layout: Layout) -> bool:
+    """At a frame the fast loop cannot take: True when it is a zero tail (the end of
+    the segment), else raise the precise error — exactly as `iter_frames` decides
+    (a CorruptFrame over zeros to the end ends the segment; docs/formats/wal.md)."""
+    try:
+        decode_at(buf, offset, layout)
+    except CorruptFrame:
+        if not buf[offset:].strip(b"\0"):
+            return True
+        raise
+    return False
+
+
 def _iter_legacy(buf: bytes):  # type: ignore[no-untyped-def]
     offset = 0
     while offset < len(buf):
-        frame, offset_next = decode_at(buf, offset, Layout.LEGACY)
+        try:
+            frame, offset_next = decode_at(buf, offset, Layout.LEGACY)
+        except CorruptFrame:
+            if not buf[offset:].strip(b"\0"):
+                return
+            raise
         yield offset, frame
         offset = offset_next
