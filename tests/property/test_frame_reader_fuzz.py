@@ -18,7 +18,7 @@ from unittest import mock
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wal import reader
@@ -196,6 +196,8 @@ def test_the_stream_reader_reads_what_iter_frames_reads_in_the_layout_it_detecte
 
 @FUZZ
 @given(data=ANY_BYTES)
+@example(data=b"\0" * 8)  # found in CI: a zero tail is the end, not a bad frame
+@example(data=encode_frame(b"x", tenant=1, ts_ms=1) + b"\0" * 30)
 def test_scan_stream_counts_exactly_the_valid_prefix(data: bytes) -> None:
     frames, error = drain(iter_frames(data, layout=Layout.CURRENT))
     scan = scan_stream(io.BytesIO(data))
@@ -206,7 +208,9 @@ def test_scan_stream_counts_exactly_the_valid_prefix(data: bytes) -> None:
     assert scan.last_ts_ms == (frames[-1][1].ts_ms if frames else None)
     if error is None:
         assert scan.error is None
-        assert scan.valid_bytes == len(data)
+        # Everything after the valid prefix is a zero tail (a preallocated segment's
+        # unwritten end, docs/formats/wal.md), usually nothing at all.
+        assert not data[scan.valid_bytes :].strip(b"\0")
     else:
         assert scan.error is not None
         assert (type(scan.error), scan.error.offset) == error
