@@ -107,18 +107,7 @@ async def _node_keys(ctx: Context) -> list[dict[str, Any]]:
         "SELECT id, name, owner, scopes, prefix, created_at, revoked_at FROM api_keys "
         "WHERE account_id IS NULL ORDER BY created_at, id"
     )
-    return [
-        {
-            "id": r["id"],
-            "name": r["name"],
-            "owner": r["owner"],
-            "scopes": r["scopes"].split(","),
-            "prefix": r["prefix"],
-            "created_at": fmt_ts(r["created_at"]),
-            "revoked_at": fmt_ts(r["revoked_at"]),
-        }
-        for r in rows
-    ]
+    return [keys.render_key(r) for r in rows]
 
 
 async def list_keys(database_url: str, account_id: str | None) -> dict[str, Any]:

@@ -117,27 +117,31 @@ def _k(x: float) -> str:
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
 
 
-def _ratio(
-    ratio: float, target: float, *, at_least: bool = True, x: bool = False
-) -> tuple[str, bool]:
-    text = f"{ratio:.1f}×" if x else f"{ratio:.2f}"
-    met = ratio >= target if at_least else ratio <= target
-    return text, bool(met) and not math.isnan(ratio)
+def _ratio_row(
+    target_id: str, ratio: float, *, baseline: float, measured: float, unit: str, absolute: str
+) -> Row:
+    """A row whose target is a plain ratio of at least TARGETS[target_id].ratio_min."""
+    return _row(
+        target_id,
+        ratio=ratio,
+        ratio_text=f"{ratio:.2f}",
+        baseline=baseline,
+        measured=measured,
+        unit=unit,
+        met=not math.isnan(ratio) and ratio >= _min(target_id),
+        absolute=absolute,
+    )
 
 
 def _w1(doc: Doc) -> list[Row]:
     m = doc["median"]
-    r = _f(m["ratio_of_medians"])
-    text, met = _ratio(r, _min("W1"))
     return [
-        _row(
+        _ratio_row(
             "W1",
-            ratio=r,
-            ratio_text=text,
+            _f(m["ratio_of_medians"]),
             baseline=_f(m["baseline_mb_s"]),
             measured=_f(m["wal_mb_s"]),
             unit="MB/s",
-            met=met,
             absolute=f"WAL {m['wal_mb_s']:.0f} vs baseline {m['baseline_mb_s']:.0f} MB/s; "
             f"ack p99 {m['wal_lat_p99_ms']:.1f} ms",
         )
@@ -146,17 +150,13 @@ def _w1(doc: Doc) -> list[Row]:
 
 def _v1(doc: Doc) -> list[Row]:
     m = doc["median"]
-    r = _f(m["ratio_of_medians"])
-    text, met = _ratio(r, _min("V1"))
     return [
-        _row(
+        _ratio_row(
             "V1",
-            ratio=r,
-            ratio_text=text,
+            _f(m["ratio_of_medians"]),
             baseline=_f(m["duckdb_mb_s"]),
             measured=_f(m["edgemq_mb_s"]),
             unit="MB/s",
-            met=met,
             absolute=f"edgemq {m['edgemq_mb_s']:.0f} vs DuckDB {m['duckdb_mb_s']:.0f} MB/s",
         )
     ]
@@ -166,17 +166,13 @@ def _http(doc: Doc) -> list[Row]:
     rows: list[Row] = []
     if "h1" in doc:
         m = doc["h1"]["median"]
-        r = _f(m["ratio_records_s"])
-        text, met = _ratio(r, _min("H1"))
         rows.append(
-            _row(
+            _ratio_row(
                 "H1",
-                ratio=r,
-                ratio_text=text,
+                _f(m["ratio_records_s"]),
                 baseline=_f(m["plain_records_s"]),
                 measured=_f(m["node_records_s"]),
                 unit="records/s",
-                met=met,
                 absolute=f"node {_k(m['node_records_s'])} vs plain "
                 f"{_k(m['plain_records_s'])} rec/s",
             )

@@ -64,6 +64,11 @@ class _AppendOverEnv(argparse.Action):
         setattr(namespace, self.dest, [*items, values])
 
 
+def flag_default(option: str) -> bool:
+    """The default of a `store_true` flag: on when its EDGEMQ_* variable is 1/true/yes."""
+    return os.environ.get(env_name(option), "").lower() in ("1", "true", "yes")
+
+
 def add_list_option(parser: Any, option: str, *, help: str, metavar: str) -> None:
     """A repeatable option whose default is EDGEMQ_OPTION split at commas (None when
     unset or empty); giving it on the command line replaces that list."""

@@ -29,7 +29,7 @@ from wal.errors import FrameError
 from wal.frame import FMT_TOPIC, split_topic_payload
 from wal.reader import StreamReader, open_segment_stream
 
-from .options import add_option
+from .options import add_option, flag_default
 from .progress import Progress, human_bytes
 from .read_plan import IntegrityError, Planned, ReadOptions, parse_time, plan
 from .read_source import S3Options, Source, open_source
@@ -267,7 +267,7 @@ def add_read_parser(commands: Any) -> None:
     read.add_argument(
         "--with-meta",
         action="store_true",
-        default=os.environ.get("EDGEMQ_WITH_META", "").lower() in ("1", "true", "yes"),
+        default=flag_default("--with-meta"),
         help="ndjson objects with node_id, epoch, seq, offset, ts_ms, topic, encoding and "
         "payload (env EDGEMQ_WITH_META=1)",
     )

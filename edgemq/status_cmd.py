@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .options import add_option, env_name
+from .options import add_option, flag_default
 from .progress import human_bytes
 
 
@@ -90,10 +89,6 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flag_default(option: str) -> bool:
-    return os.environ.get(env_name(option), "").lower() in ("1", "true", "yes")
-
-
 def add_status_parser(commands: Any) -> None:
     """`edgemq status` (registered by edgemq.cli)."""
     from control.server import DEFAULT_DATABASE_URL
@@ -125,7 +120,7 @@ def add_status_parser(commands: Any) -> None:
     status.add_argument(
         "--json",
         action="store_true",
-        default=_flag_default("--json"),
+        default=flag_default("--json"),
         help="one JSON document instead of tables (env EDGEMQ_JSON=1)",
     )
     status.set_defaults(func=run_status)

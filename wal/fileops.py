@@ -55,17 +55,11 @@ class FileOps(Protocol):
     def fsync_dir(self, path: str) -> None: ...
 
 
-class OsAppendFile:
+class _OsFile:
+    """What both OS-backed `AppendFile`s share: one descriptor, fdatasync, close."""
+
     __slots__ = ("_fd",)
-
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+    _fd: int
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
@@ -76,15 +70,28 @@ class OsAppendFile:
             self._fd = -1
 
 
+class OsAppendFile(_OsFile):
+    __slots__ = ()
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+
 ZERO_FILL_WRITE_BYTES = 1024 * 1024
 
 
-class OsPreallocatedFile:
+class OsPreallocatedFile(_OsFile):
     """`AppendFile` writing at its own offset into a zero-filled, fsynced region that it
     extends by `chunk_bytes` (zeros written, then fdatasync) whenever a write would
     pass its end. Positional writes: the file size is the allocated size."""
 
-    __slots__ = ("_allocated", "_chunk", "_fd", "_pos")
+    __slots__ = ("_allocated", "_chunk", "_pos")
 
     def __init__(self, path: str, chunk_bytes: int) -> None:
         if chunk_bytes < 1:
@@ -119,14 +126,6 @@ class OsPreallocatedFile:
             written = os.pwrite(self._fd, view, self._pos)
             self._pos += written
             view = view[written:]
-
-    def sync(self) -> None:
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class OsFileOps:

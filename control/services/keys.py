@@ -141,7 +141,8 @@ async def exchange(ctx: Context, body: object) -> dict[str, Any]:
     return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
 
 
-def _render_key(row: dict[str, Any]) -> dict[str, Any]:
+def render_key(row: dict[str, Any]) -> dict[str, Any]:
+    """An `api_keys` row as the API shows it (never the secret or its digest)."""
     return {
         "id": row["id"],
         "name": row["name"],
@@ -201,7 +202,7 @@ async def list_keys(
         "SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
         (account_id, page.limit, page.offset),
     )
-    return page.wrap([_render_key(r) for r in rows], int(total["n"]) if total else 0)
+    return page.wrap([render_key(r) for r in rows], int(total["n"]) if total else 0)
 
 
 async def revoke_key(ctx: Context, principal: Principal, key_id: str) -> None:

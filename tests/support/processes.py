@@ -317,19 +317,27 @@ class NodeChild(Child):
         await self._poll_ready(session, self.url + "/readyz", timeout_s=timeout_s)
 
 
-def _run_admin(database_url: str, args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "edgemq", "admin", "--database-url", database_url, *args],
+def run_cli(*args: str, text: bool = True) -> subprocess.CompletedProcess[Any]:
+    """`edgemq ARGS…` as a child process from the repository root (blocking; wrap in
+    `asyncio.to_thread` from a test's loop): its exit code, stdout and stderr (str, or
+    bytes when not `text`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgemq", *args],
         cwd=ROOT,
         env=child_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
+        text=text,
         timeout=120,
         check=False,
     )
+
+
+def _run_admin(database_url: str, args: list[str]) -> dict[str, Any]:
+    done = run_cli("admin", "--database-url", database_url, *args)
     if done.returncode != 0:
         raise AssertionError(
-            f"edgemq admin {' '.join(args)} exited {done.returncode}: {done.stderr.decode()}"
+            f"edgemq admin {' '.join(args)} exited {done.returncode}: {done.stderr}"
         )
     value = json.loads(done.stdout)
     assert isinstance(value, dict)

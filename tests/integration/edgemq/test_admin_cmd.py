@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from control.server import open_context
 from control.services import keys
 from control.store import open_database
 from tests.support.postgres import PostgresServer, pg_bin, start_postgres
-from tests.support.processes import ROOT, admin, child_env
+from tests.support.processes import admin, run_cli
 
 
 @pytest.fixture(scope="module", name="postgres")
@@ -53,16 +52,7 @@ async def database_url_fixture(
 
 
 def _run_sync(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgemq", "admin", "--database-url", database_url, *args],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("admin", "--database-url", database_url, *args)
 
 
 async def _run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:

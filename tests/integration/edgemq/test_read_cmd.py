@@ -31,7 +31,7 @@ from tests.support.moto_server import (  # noqa: F401 (fixtures)
     moto_fixture,
     moto_server_fixture,
 )
-from tests.support.processes import ROOT, child_env
+from tests.support.processes import ROOT, child_env, run_cli
 from tests.support.stack import ControlPlane, control_plane, node_settings, running_node, wait_for
 
 BATCHES = 4
@@ -102,15 +102,7 @@ async def _committed(
 
 
 def _read_sync(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgemq", "read", *args],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("read", *args, text=False)
 
 
 async def _read(*args: str) -> subprocess.CompletedProcess[bytes]:

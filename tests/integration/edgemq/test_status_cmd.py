@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,14 @@ from tests.integration.edgemq.test_admin_cmd import (  # noqa: F401
     set_schema_version,
 )
 from tests.support.postgres import PostgresServer
-from tests.support.processes import ROOT, child_env
+from tests.support.processes import run_cli
 from tests.support.stack import control_plane, node_settings, running_node, wait_for
 
 ADVERTISED = "127.0.0.7"  # announced only (the node listens on 127.0.0.1)
 
 
 def _status_sync(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgemq", "status", "--database-url", database_url, *args],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("status", "--database-url", database_url, *args)
 
 
 async def _status(database_url: str, *args: str) -> dict[str, Any]:
